@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Creates the project-local Python virtual environment (.venv at the repo root)
+# with the tools the local stack, the template checks and the Lambda builds need:
+#   moto[server]        AWS emulator (DynamoDB, SQS, Secrets Manager, Scheduler, CFN, S3, Lambda control plane)
+#   cfn-lint            CloudFormation/SAM linter            (infra/lint.sh)
+#   aws-sam-translator  SAM -> CloudFormation translation     (infra/translate.py)
+#   boto3               AWS SDK for Python                    (infra/local_deploy.py)
+#   cargo-lambda        builds the Lambda bundles             (sam build / cargo lambda build)
+#   ziglang             cross-linker cargo-lambda uses for arm64
+#
+# Idempotent: a stamp inside .venv records the pins it was built from; when the
+# stamp matches, the script does nothing. Works from any directory.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+VENV="$ROOT/.venv"
+STAMP="$VENV/.assetsync-bootstrap"
+
+# Pinned versions (checked with `pip index versions` on PyPI). Bump deliberately.
+PINS=(
+  "moto[server]==5.2.5"
+  "cfn-lint==1.58.0"
+  "aws-sam-translator==1.115.0"
+  "boto3==1.44.5"
+  "cargo-lambda==1.9.2"
+  "ziglang==0.15.2"
+)
+
+PYTHON="${PYTHON:-}"
+if [[ -z "$PYTHON" ]]; then
+  for candidate in python3.11 python3.12 python3.13 python3; do
+    if command -v "$candidate" >/dev/null 2>&1; then PYTHON="$candidate"; break; fi
+  done
+fi
+if [[ -z "$PYTHON" ]]; then
+  echo "bootstrap: no python3 found on PATH (need Python >= 3.9)" >&2
+  exit 1
+fi
+
+want="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') ${PINS[*]}"
+if [[ -f "$STAMP" && -x "$VENV/bin/python" && "$(cat "$STAMP")" == "$want" ]]; then
+  echo "bootstrap: .venv is up to date ($VENV)"
+  exit 0
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "bootstrap: creating virtual environment $VENV with $("$PYTHON" --version 2>&1)"
+  if ! "$PYTHON" -m venv "$VENV"; then
+    echo "bootstrap: 'python -m venv' failed; on Debian/Ubuntu install python3-venv" >&2
+    exit 1
+  fi
+fi
+
+echo "bootstrap: installing ${PINS[*]}"
+"$VENV/bin/python" -m pip install --disable-pip-version-check --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --disable-pip-version-check --quiet "${PINS[@]}"
+
+# Smoke-check the entry points the other scripts rely on.
+for tool in moto_server cfn-lint cargo-lambda; do
+  if [[ ! -x "$VENV/bin/$tool" ]]; then
+    echo "bootstrap: expected $VENV/bin/$tool after install, not found" >&2
+    exit 1
+  fi
+done
+"$VENV/bin/python" -c 'import samtranslator, boto3, moto' >/dev/null
+
+printf '%s' "$want" >"$STAMP"
+echo "bootstrap: done; tools in $VENV/bin ($("$VENV/bin/cargo-lambda" lambda --version 2>/dev/null || echo cargo-lambda), $("$VENV/bin/cfn-lint" --version 2>/dev/null))"

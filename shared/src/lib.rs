@@ -1,0 +1,11 @@
+//! assetsync: keeps an asset register in DynamoDB in sync with device and identity sources.
+//!
+//! Handlers in `functions/` are thin; everything they do lives here.
+
+pub mod connectors;
+pub mod error;
+pub mod event;
+pub mod http;
+pub mod mapping;
+pub mod normalize;
+pub mod summary;

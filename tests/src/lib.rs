@@ -1,0 +1,3 @@
+//! End-to-end test support for assetsync: vendor simulators and the local AWS stack.
+
+pub mod sim;

@@ -1,0 +1,1 @@
+//! EndpointCentral simulator (placeholder).

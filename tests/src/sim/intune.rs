@@ -1,0 +1,1 @@
+//! Intune simulator (placeholder).

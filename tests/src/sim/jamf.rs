@@ -1,0 +1,1 @@
+//! Jamf Pro simulator (placeholder).

@@ -1,0 +1,1 @@
+//! JumpCloud simulator (placeholder).

@@ -1,0 +1,1 @@
+//! Kandji simulator (placeholder).
