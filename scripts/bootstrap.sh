@@ -39,15 +39,23 @@ if [[ -z "$PYTHON" ]]; then
   exit 1
 fi
 
-want="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') ${PINS[*]}"
-if [[ -f "$STAMP" && -x "$VENV/bin/python" && "$(cat "$STAMP")" == "$want" ]]; then
+# The stamp names the venv's location too: venv scripts carry absolute paths, so a moved or
+# copied checkout must rebuild its .venv.
+want="$VENV python$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') ${PINS[*]}"
+if [[ -f "$STAMP" && -x "$VENV/bin/python" && "$(cat "$STAMP")" == "$want" ]] \
+   && "$VENV/bin/python" -c 'import moto, cfnlint, samtranslator, boto3' >/dev/null 2>&1; then
   echo "bootstrap: .venv is up to date ($VENV)"
   exit 0
 fi
 
-if [[ ! -x "$VENV/bin/python" ]]; then
-  echo "bootstrap: creating virtual environment $VENV with $("$PYTHON" --version 2>&1)"
-  if ! "$PYTHON" -m venv "$VENV"; then
+clear=()
+if [[ -d "$VENV" ]] && ! { [[ -f "$STAMP" ]] && [[ "$(head -c ${#VENV} "$STAMP")" == "$VENV" ]] && "$VENV/bin/python" -c '' 2>/dev/null; }; then
+  # No stamp (interrupted first run), a stamp from another location, or a broken interpreter.
+  clear=(--clear)
+fi
+if [[ ! -x "$VENV/bin/python" || ${#clear[@]} -gt 0 ]]; then
+  echo "bootstrap: creating virtual environment $VENV with $("$PYTHON" --version 2>&1)${clear:+ (replacing the old one)}"
+  if ! "$PYTHON" -m venv "${clear[@]}" "$VENV"; then
     echo "bootstrap: 'python -m venv' failed; on Debian/Ubuntu install python3-venv" >&2
     exit 1
   fi

@@ -128,7 +128,10 @@ impl Jamf {
         let mut opts = HttpOptions::new(VENDOR);
         // Jamf asks integrations to keep to 5 concurrent connections; it publishes no rate.
         opts.rate_limit = Some(RateLimit { requests: 50, per: Duration::from_secs(1), concurrency: 5 });
-        let token_key = format!("jamf|{}|{}", base, s.client_id);
+        // The process-wide token cache is keyed by a fingerprint of the secret too, so that a
+        // token fetched with the right secret never vouches for a wrong one (a warm Lambda running
+        // `test` after a bad secret rotation must fail). The fingerprint is never logged.
+        let token_key = format!("jamf|{}|{}|{:016x}", base, s.client_id, fingerprint(s.client_secret.expose_secret()));
         Ok(Jamf {
             http: VendorHttp::new(opts)?,
             page_size: ctx.page_size(MAX_PAGE_SIZE, MAX_PAGE_SIZE)?,
@@ -248,16 +251,22 @@ impl Connector for Jamf {
     async fn fetch_page(&self, cursor: Option<&Cursor>) -> Result<Page, ConnectorError> {
         let page = cursor.and_then(|c| c.0.get("page")).and_then(Value::as_u64).unwrap_or(0);
         let version = cursor.and_then(|c| c.0.get("version")).and_then(Value::as_str);
-        let (env, version) = self.page(page, self.page_size, version).await?;
-        let seen = (page + 1) * self.page_size as u64;
-        let done = env.results.is_empty()
-            || env.total_count.is_some_and(|t| seen >= t)
-            || (env.total_count.is_none() && (env.results.len() as u32) < self.page_size);
-        Ok(Page {
-            next: (!done).then(|| Cursor(json!({"page": page + 1, "version": version}))),
-            total: env.total_count,
-            records: env.results,
-        })
+        let asked = cursor
+            .and_then(|c| c.0.get("size"))
+            .and_then(Value::as_u64)
+            .map(|s| s.clamp(1, MAX_PAGE_SIZE as u64) as u32)
+            .unwrap_or(self.page_size);
+        let (env, version) = self.page(page, asked, version).await?;
+        let size = effective_page_size(page, asked, env.results.len(), env.total_count);
+        let done = is_last_page(page, size, env.results.len(), env.total_count);
+        let next = (!done).then(|| {
+            let mut c = json!({"page": page + 1, "version": version});
+            if size != self.page_size {
+                c["size"] = json!(size);
+            }
+            Cursor(c)
+        });
+        Ok(Page { next, total: env.total_count, records: env.results })
     }
 
     async fn test(&self) -> Result<TestReport, ConnectorError> {
@@ -296,6 +305,38 @@ impl Connector for Jamf {
     }
 }
 
+/// A short, non-reversible fingerprint of a secret, for cache keys.
+fn fingerprint(secret: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    secret.hash(&mut h);
+    h.finish()
+}
+
+/// The page size the server actually used. Jamf answers a `page-size` above its cap by silently
+/// clamping it, `totalCount` unchanged (Jamf-Concepts/jamf-cli PR #389 measured the cap at 2000;
+/// integrations report lower practical limits on `computers-inventory`). A short first page while
+/// `totalCount` says more exist means the server pages by that smaller size; numbering later pages
+/// by the size we asked for would skip records silently (and a complete-looking run would then
+/// mark live devices missing), so the rest of the run pages by what the server used.
+fn effective_page_size(page: u64, asked: u32, got: usize, total: Option<u64>) -> u32 {
+    let got64 = got as u64;
+    if page == 0 && got > 0 && got64 < asked as u64 && total.is_some_and(|t| t > got64) {
+        got as u32
+    } else {
+        asked
+    }
+}
+
+/// End of data: an empty page, the reported total reached, or (no total) a short page.
+fn is_last_page(page: u64, size: u32, got: usize, total: Option<u64>) -> bool {
+    got == 0
+        || match total {
+            Some(t) => page * size as u64 + got as u64 >= t,
+            None => (got as u32) < size,
+        }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +369,33 @@ mod tests {
         assert!(u.contains("page=3&page-size=2000&sort=id%3Aasc"), "{u}");
         let j = Jamf::new(&json!({"tenant_url": "https://x.jamfcloud.com", "client_id": "a", "client_secret": "b"}), ctx(Some("mobile-devices"))).unwrap();
         assert!(j.url("v2", 0, 10).path().ends_with("/api/v2/mobile-devices/detail"));
+    }
+
+    #[test]
+    fn end_of_data_and_clamped_pages() {
+        // 2,500 records at 2000 a page: two pages.
+        assert!(!is_last_page(0, 2000, 2000, Some(2500)));
+        assert!(is_last_page(1, 2000, 500, Some(2500)));
+        // Exactly a multiple of the page size: the total ends it without an extra empty request.
+        assert!(is_last_page(1, 100, 100, Some(200)));
+        assert!(is_last_page(3, 100, 0, Some(1000)), "an empty page always ends");
+        assert!(is_last_page(0, 100, 40, None));
+        assert!(!is_last_page(0, 100, 100, None));
+        // Records deleted mid-run: a short later page reaching the new total ends the run.
+        assert!(is_last_page(2, 100, 30, Some(230)));
+        // A server capping pages at 1000 while 2000 was asked: keep paging by 1000.
+        assert_eq!(effective_page_size(0, 2000, 1000, Some(2500)), 1000);
+        assert!(!is_last_page(0, 1000, 1000, Some(2500)));
+        assert_eq!(effective_page_size(0, 2000, 40, Some(40)), 2000, "a small fleet is not a clamp");
+        assert_eq!(effective_page_size(1, 2000, 10, Some(5000)), 2000, "only the first page decides");
+    }
+
+    #[test]
+    fn token_cache_key_depends_on_the_secret_without_containing_it() {
+        let a = Jamf::new(&json!({"tenant_url": "https://x.jamfcloud.com", "client_id": "a", "client_secret": "s3cret-one"}), ctx(None)).unwrap();
+        let b = Jamf::new(&json!({"tenant_url": "https://x.jamfcloud.com", "client_id": "a", "client_secret": "s3cret-two"}), ctx(None)).unwrap();
+        assert_ne!(a.token_key, b.token_key);
+        assert!(!a.token_key.contains("s3cret"));
     }
 
     #[test]

@@ -1,0 +1,300 @@
+//! The register's rules, without AWS: how an incoming mapped record changes a stored one.
+//!
+//! A run writes only attributes its mapping names, only when the source reports a value, never over
+//! a hand edit or a higher-precedence source's value; unchanged records cause no write.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Mode, ObjectType};
+use crate::mapping::MappedRecord;
+
+/// Provenance owner name for hand edits (`assetsync assets set`).
+pub const HAND: &str = "hand";
+
+/// Attributes a run derives on create or from assignment (not from the mapping).
+pub mod attr {
+    pub const ASSET_TAG: &str = "Asset Tag";
+    pub const ASSET_NAME: &str = "Asset Name";
+    pub const CATEGORY: &str = "Category";
+    pub const STATUS: &str = "Status";
+    pub const ASSIGNED_TO: &str = "Assigned To";
+    pub const ASSIGNMENT_NOTE: &str = "Assignment Note";
+    pub const USER_EMAIL: &str = "User Email";
+    pub const USER_NAME: &str = "User Name";
+    pub const EMAIL: &str = "Email";
+    pub const MODEL: &str = "Model";
+    pub const NAME: &str = "Name";
+    pub const OS_NAME: &str = "OS Name";
+    pub const DEVICE_TYPE: &str = "Device Type";
+    pub const DISPLAY_NAME: &str = "Display Name";
+    pub const FIRST_NAME: &str = "First Name";
+    pub const LAST_NAME: &str = "Last Name";
+}
+
+/// Who last set an attribute, and when.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Provenance {
+    /// Connection name, or `hand`.
+    pub c: String,
+    /// Source kind of the connection (empty for hand edits).
+    #[serde(default)]
+    pub s: String,
+    /// RFC 3339 time of the write.
+    pub t: String,
+    /// The run that wrote it.
+    #[serde(default)]
+    pub r: String,
+}
+
+/// What a connection last reported for a record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SourceRef {
+    /// The vendor's id of the source record that feeds this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// When that source record last checked in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci: Option<String>,
+    /// The run that last wrote this entry.
+    #[serde(default)]
+    pub run: String,
+    /// Set while the connection no longer reports the record (date it was found missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
+}
+
+/// A register record as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct StoredRecord {
+    pub object_type: String,
+    pub key: String,
+    /// Attribute values.
+    #[serde(default)]
+    pub a: BTreeMap<String, String>,
+    /// Attribute provenance.
+    #[serde(default)]
+    pub p: BTreeMap<String, Provenance>,
+    /// Per connection: the source record feeding this one.
+    #[serde(default)]
+    pub src: BTreeMap<String, SourceRef>,
+    /// Optimistic-lock version.
+    #[serde(default)]
+    pub ver: i64,
+    #[serde(default)]
+    pub created_at: String,
+    #[serde(default)]
+    pub created_by: String,
+}
+
+/// One attribute change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Change {
+    pub attr: String,
+    pub old: Option<String>,
+    pub new: String,
+}
+
+/// What the run does to one record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// A new record (asset tag etc. are added at write time).
+    Create,
+    /// Changed attributes, and whether the connection's source entry must be (re)written.
+    Update { changes: Vec<Change>, src_changed: bool, duplicate: bool },
+    Unchanged,
+    /// Update-only mode and no such record.
+    NotFound,
+    /// Another source record with the same key checked in more recently; this one is ignored.
+    Duplicate,
+}
+
+/// Which source wins an attribute when two disagree.
+#[derive(Debug, Clone, Default)]
+pub struct Precedence(Vec<String>);
+
+impl Precedence {
+    /// Parse a comma-separated list of connection names or source kinds, highest first.
+    pub fn parse(s: &str) -> Self {
+        Precedence(s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect())
+    }
+
+    /// Rank of a writer: lower is stronger; unknown writers rank last.
+    pub fn rank(&self, connection: &str, source: &str) -> usize {
+        self.0
+            .iter()
+            .position(|p| p == connection)
+            .or_else(|| self.0.iter().position(|p| p == source))
+            .unwrap_or(self.0.len())
+    }
+}
+
+/// Who is importing.
+#[derive(Debug, Clone)]
+pub struct Writer<'a> {
+    pub connection: &'a str,
+    pub source: &'a str,
+    pub run_id: &'a str,
+    pub mode: Mode,
+    pub object_type: ObjectType,
+    pub precedence: &'a Precedence,
+}
+
+impl Writer<'_> {
+    /// May this writer overwrite an attribute last set by `prov`?
+    pub fn may_overwrite(&self, prov: Option<&Provenance>) -> bool {
+        match prov {
+            None => true,
+            Some(p) if p.c == HAND => false,
+            Some(p) if p.c == self.connection => true,
+            Some(p) => self.precedence.rank(self.connection, self.source) <= self.precedence.rank(&p.c, &p.s),
+        }
+    }
+}
+
+/// Decide what happens to `stored` given `incoming` (which has a key).
+pub fn decide(incoming: &MappedRecord, stored: Option<&StoredRecord>, w: &Writer<'_>) -> Decision {
+    let Some(stored) = stored else {
+        return match w.mode {
+            Mode::CreateUpdate => Decision::Create,
+            Mode::UpdateOnly => Decision::NotFound,
+        };
+    };
+    let mine = stored.src.get(w.connection);
+    let mut duplicate = false;
+    if let (Some(m), Some(in_id)) = (mine, incoming.source_id.as_deref()) {
+        if m.id.as_deref().is_some_and(|id| id != in_id) {
+            // Two source records of one connection share this key (a re-enrolled device).
+            let stored_newer = match (m.ci.as_deref(), incoming.checked_in.as_deref()) {
+                (Some(s), Some(i)) => s >= i,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if stored_newer {
+                return Decision::Duplicate;
+            }
+            duplicate = m.run == w.run_id;
+        }
+    }
+    let mut changes = Vec::new();
+    for (attr, new) in &incoming.attrs {
+        let old = stored.a.get(attr);
+        if old == Some(new) || !w.may_overwrite(stored.p.get(attr)) {
+            continue;
+        }
+        changes.push(Change { attr: attr.clone(), old: old.cloned(), new: new.clone() });
+    }
+    let src_changed = match mine {
+        None => true,
+        Some(m) => m.missing.is_some() || (incoming.source_id.is_some() && m.id != incoming.source_id),
+    };
+    if changes.is_empty() && !src_changed {
+        return if duplicate { Decision::Duplicate } else { Decision::Unchanged };
+    }
+    Decision::Update { changes, src_changed, duplicate }
+}
+
+/// Keep one record per key within a page: the most recently checked-in. Returns (kept, duplicates).
+pub fn dedupe_page(records: Vec<MappedRecord>) -> (Vec<MappedRecord>, Vec<MappedRecord>) {
+    let mut best: BTreeMap<String, MappedRecord> = BTreeMap::new();
+    let mut dups = Vec::new();
+    let mut order = Vec::new();
+    for r in records {
+        let Some(k) = r.key.clone() else { continue };
+        match best.get(&k) {
+            None => {
+                order.push(k.clone());
+                best.insert(k, r);
+            }
+            Some(cur) => {
+                if r.checked_in > cur.checked_in {
+                    if let Some(old) = best.insert(k, r) {
+                        dups.push(old);
+                    }
+                } else {
+                    dups.push(r);
+                }
+            }
+        }
+    }
+    let kept = order.into_iter().filter_map(|k| best.remove(&k)).collect();
+    (kept, dups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(attrs: &[(&str, &str)], id: &str, ci: &str) -> MappedRecord {
+        MappedRecord {
+            key: Some("K1".into()),
+            attrs: attrs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            source_id: Some(id.into()),
+            checked_in: Some(ci.into()),
+            parent: None,
+        }
+    }
+
+    fn stored(attrs: &[(&str, &str, &str)], conn: &str, id: &str, ci: &str) -> StoredRecord {
+        let mut s = StoredRecord { object_type: "Hardware".into(), key: "K1".into(), ..Default::default() };
+        for (a, v, owner) in attrs {
+            s.a.insert(a.to_string(), v.to_string());
+            s.p.insert(a.to_string(), Provenance { c: owner.to_string(), s: "jamf".into(), t: String::new(), r: String::new() });
+        }
+        s.src.insert(conn.into(), SourceRef { id: Some(id.into()), ci: Some(ci.into()), run: "r0".into(), missing: None });
+        s
+    }
+
+    fn writer<'a>(p: &'a Precedence, conn: &'a str, source: &'a str) -> Writer<'a> {
+        Writer { connection: conn, source, run_id: "r1", mode: Mode::CreateUpdate, object_type: ObjectType::Hardware, precedence: p }
+    }
+
+    #[test]
+    fn unchanged_and_hand_edits() {
+        let p = Precedence::default();
+        let w = writer(&p, "jamf-prod", "jamf");
+        let s = stored(&[("OS Version", "14.5", "jamf-prod"), ("Location", "Room 4", HAND), ("Name", "Mine", HAND)], "jamf-prod", "1", "2024");
+        assert_eq!(decide(&rec(&[("OS Version", "14.5")], "1", "2024"), Some(&s), &w), Decision::Unchanged);
+        // A hand-edited attribute the mapping names is left alone.
+        assert_eq!(decide(&rec(&[("OS Version", "14.5"), ("Name", "Theirs")], "1", "2024"), Some(&s), &w), Decision::Unchanged);
+        match decide(&rec(&[("OS Version", "15.0")], "1", "2024"), Some(&s), &w) {
+            Decision::Update { changes, .. } => assert_eq!(changes, vec![Change { attr: "OS Version".into(), old: Some("14.5".into()), new: "15.0".into() }]),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn precedence_decides_between_sources() {
+        let p = Precedence::parse("intune,endpoint-central,jamf");
+        let s = stored(&[("Model", "ThinkPad T14", "intune-prod")], "intune-prod", "x", "2024");
+        let mut s2 = s.clone();
+        s2.p.get_mut("Model").unwrap().s = "intune".into();
+        let w = writer(&p, "ec-prod", "endpoint-central");
+        let d = decide(&rec(&[("Model", "20XW")], "9", "2024"), Some(&s2), &w);
+        assert_eq!(d, Decision::Update { changes: vec![], src_changed: true, duplicate: false });
+        let w = writer(&p, "intune-prod", "intune");
+        assert!(matches!(decide(&rec(&[("Model", "T14 Gen 4")], "x", "2024"), Some(&s2), &w), Decision::Update { .. }));
+    }
+
+    #[test]
+    fn duplicates_keep_the_newest() {
+        let p = Precedence::default();
+        let w = writer(&p, "jamf-prod", "jamf");
+        let s = stored(&[("OS Version", "14.5", "jamf-prod")], "jamf-prod", "new", "2024-06-20");
+        assert_eq!(decide(&rec(&[("OS Version", "13.0")], "old", "2024-01-01"), Some(&s), &w), Decision::Duplicate);
+        assert!(matches!(decide(&rec(&[("OS Version", "15.0")], "newer", "2024-07-01"), Some(&s), &w), Decision::Update { .. }));
+        let (kept, dups) = dedupe_page(vec![rec(&[], "a", "2024-01"), rec(&[], "b", "2024-06"), rec(&[], "c", "2024-03")]);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].source_id.as_deref(), Some("b"));
+        assert_eq!(dups.len(), 2);
+    }
+
+    #[test]
+    fn update_only_counts_not_found() {
+        let p = Precedence::default();
+        let mut w = writer(&p, "jamf-prod", "jamf");
+        w.mode = Mode::UpdateOnly;
+        assert_eq!(decide(&rec(&[], "1", "x"), None, &w), Decision::NotFound);
+    }
+}

@@ -1,0 +1,50 @@
+//! Deployment settings, read once per cold start from the environment the template sets.
+
+use std::time::Duration;
+
+use crate::error::AwsError;
+use crate::register::Precedence;
+
+/// What both functions read from their environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub table: String,
+    pub records_queue_url: String,
+    pub fetch_queue_url: String,
+    pub dlq_url: Option<String>,
+    /// The records queue's `maxReceiveCount`: the importer's last try of a page.
+    pub max_receive_count: u32,
+    pub asset_tag_prefix: String,
+    pub asset_tag_width: usize,
+    pub precedence: Precedence,
+    /// How long a run's lease lives without a heartbeat.
+    pub lease_seconds: i64,
+    /// The fetcher hands over to the fetch queue when less than this remains.
+    pub time_reserve: Duration,
+}
+
+fn var(name: &'static str) -> Result<String, AwsError> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty()).ok_or(AwsError::Env(name))
+}
+
+fn var_or(name: &str, default: &str) -> String {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_string())
+}
+
+impl Settings {
+    /// Read the settings from the environment.
+    pub fn from_env() -> Result<Self, AwsError> {
+        Ok(Settings {
+            table: var("TABLE_NAME")?,
+            records_queue_url: var("RECORDS_QUEUE_URL")?,
+            fetch_queue_url: var("FETCH_QUEUE_URL")?,
+            dlq_url: std::env::var("DLQ_URL").ok().filter(|v| !v.is_empty()),
+            max_receive_count: var_or("MAX_RECEIVE_COUNT", "5").parse().unwrap_or(5),
+            asset_tag_prefix: var_or("ASSET_TAG_PREFIX", "AS-"),
+            asset_tag_width: var_or("ASSET_TAG_WIDTH", "6").parse().unwrap_or(6),
+            precedence: Precedence::parse(&var_or("SOURCE_PRECEDENCE", "intune,endpoint-central,jamf,kandji,jumpcloud")),
+            lease_seconds: var_or("LEASE_SECONDS", "900").parse().unwrap_or(900),
+            time_reserve: Duration::from_millis(var_or("FETCH_TIME_RESERVE_MS", "60000").parse().unwrap_or(60_000)),
+        })
+    }
+}
