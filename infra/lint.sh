@@ -11,7 +11,7 @@ cd "$ROOT"
 
 if [[ ! -x .venv/bin/cfn-lint || ! -x .venv/bin/python ]]; then
   echo "lint: .venv missing; running scripts/bootstrap.sh"
-  scripts/bootstrap.sh
+  bash scripts/bootstrap.sh
 fi
 
 export AWS_DEFAULT_REGION=us-east-1

@@ -512,6 +512,25 @@ def close_property_gaps(r: Resolver) -> list[str]:
     return done
 
 
+def pause_event_source_mappings(r: Resolver) -> list[str]:
+    """Disable the SQS event source mappings inside moto.
+
+    moto cannot run function code (that needs Docker). With a mapping enabled, every SendMessage
+    makes moto receive the message for the function, fail, and release it: each send burns one of
+    the message's receives toward the DLQ. Locally the CLI and the tests play the mapping's part
+    (they drain the queues into the handlers in-process), so the mappings stay, disabled.
+    """
+    lam = r.aws("lambda")
+    paused: list[str] = []
+    for esm in lam.list_event_source_mappings().get("EventSourceMappings", []):
+        if esm.get("State") != "Disabled":
+            lam.update_event_source_mapping(UUID=esm["UUID"], Enabled=False)
+            paused.append(esm.get("EventSourceArn", esm["UUID"]))
+    for arn in paused:
+        log(f"paused event source mapping of {arn} (moto cannot invoke Lambda code; the local runner drains it)")
+    return paused
+
+
 # --------------------------------------------------------------------------- stack
 
 
@@ -707,6 +726,7 @@ def deploy(endpoint: str, stack_name: str, params: dict[str, str], recreate: boo
     resolver = Resolver(aws, template, stack, created)
     filled = fill_skipped(resolver, skipped)
     fixups = close_property_gaps(resolver)
+    pause_event_source_mappings(resolver)
     local_queue_urls = verify_queues(aws, resolver)
     envs, env_source = function_envs(aws, resolver)
 

@@ -42,19 +42,37 @@ fi
 # The stamp names the venv's location too: venv scripts carry absolute paths, so a moved or
 # copied checkout must rebuild its .venv.
 want="$VENV python$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') ${PINS[*]}"
-if [[ -f "$STAMP" && -x "$VENV/bin/python" && "$(cat "$STAMP")" == "$want" ]] \
-   && "$VENV/bin/python" -c 'import moto, cfnlint, samtranslator, boto3' >/dev/null 2>&1; then
+imports_ok() {
+  "$VENV/bin/python" -c 'import importlib.util as u, sys
+sys.exit(any(u.find_spec(m) is None for m in ("moto", "cfnlint", "samtranslator", "boto3")))' >/dev/null 2>&1
+}
+stamp_ok=false
+if [[ -f "$STAMP" && -x "$VENV/bin/python" && "$(cat "$STAMP")" == "$want" ]]; then stamp_ok=true; fi
+if $stamp_ok && imports_ok; then
   echo "bootstrap: .venv is up to date ($VENV)"
   exit 0
 fi
 
 clear=()
-if [[ -d "$VENV" ]] && ! { [[ -f "$STAMP" ]] && [[ "$(head -c ${#VENV} "$STAMP")" == "$VENV" ]] && "$VENV/bin/python" -c '' 2>/dev/null; }; then
-  # No stamp (interrupted first run), a stamp from another location, or a broken interpreter.
-  clear=(--clear)
+if [[ -d "$VENV" ]]; then
+  if $stamp_ok; then
+    reason="packages missing although the stamp says installed"
+  elif [[ ! -f "$STAMP" ]]; then
+    reason="no stamp (an interrupted first run?)"
+  elif [[ "$(head -c ${#VENV} "$STAMP")" != "$VENV" ]]; then
+    reason="built for another location"
+  elif ! "$VENV/bin/python" -c '' 2>/dev/null; then
+    reason="its python does not run"
+  else
+    reason=""  # only the pins or the python minor changed: upgrade in place
+  fi
+  if [[ -n "$reason" ]]; then
+    echo "bootstrap: rebuilding $VENV: $reason"
+    clear=(--clear)
+  fi
 fi
 if [[ ! -x "$VENV/bin/python" || ${#clear[@]} -gt 0 ]]; then
-  echo "bootstrap: creating virtual environment $VENV with $("$PYTHON" --version 2>&1)${clear:+ (replacing the old one)}"
+  echo "bootstrap: creating virtual environment $VENV with $("$PYTHON" --version 2>&1)"
   if ! "$PYTHON" -m venv "${clear[@]}" "$VENV"; then
     echo "bootstrap: 'python -m venv' failed; on Debian/Ubuntu install python3-venv" >&2
     exit 1

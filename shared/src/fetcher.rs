@@ -56,15 +56,14 @@ pub fn resolve_mapping(event: &ConnectionEvent) -> Result<Mapping, SyncError> {
 impl Fetcher {
     /// Build from settings and the SDK config.
     pub fn new(settings: Settings, sdk: &aws_config::SdkConfig) -> Self {
-        let store = Store::new(aws_sdk_dynamodb::Client::new(sdk), settings.table.clone());
+        Self::with_clients(settings, aws_sdk_dynamodb::Client::new(sdk), aws_sdk_sqs::Client::new(sdk), aws_sdk_secretsmanager::Client::new(sdk))
+    }
+
+    /// Build from ready clients (tests wrap them in counting layers).
+    pub fn with_clients(settings: Settings, ddb: aws_sdk_dynamodb::Client, sqs: aws_sdk_sqs::Client, secrets: aws_sdk_secretsmanager::Client) -> Self {
+        let store = Store::new(ddb, settings.table.clone());
         let runs = Runs { store: store.clone(), lease_seconds: settings.lease_seconds };
-        Fetcher {
-            sqs: aws_sdk_sqs::Client::new(sdk),
-            secrets: SecretCache::new(aws_sdk_secretsmanager::Client::new(sdk), Duration::from_secs(300)),
-            settings,
-            store,
-            runs,
-        }
+        Fetcher { sqs, secrets: SecretCache::new(secrets, Duration::from_secs(300)), settings, store, runs }
     }
 
     /// Handle any fetcher input: a connection event, or an SQS batch from the fetch queue.

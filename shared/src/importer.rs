@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
+use tracing::Instrument;
 
 use crate::error::{chain, AwsError, SyncError};
 use crate::event::{ObjectType, PageMessage};
@@ -65,8 +66,7 @@ impl Importer {
             }
         };
         let span = tracing::info_span!("page", run_id = %msg.run_id, page = %msg.page_id(), receives);
-        let _g = span.enter();
-        match self.import_page(&msg).await {
+        match self.import_page(&msg).instrument(span).await {
             Ok(()) => true,
             Err(e) => {
                 let reason = chain(&e);
@@ -171,15 +171,36 @@ impl Importer {
         // Apply. Writes converge: a retry re-reads and re-decides, so nothing is written twice.
         let mut history: Vec<Item> = Vec::new();
         let mut members: Vec<Item> = Vec::new();
-        let mut email_updates: BTreeMap<String, EmailEntry> = BTreeMap::new();
+        let email_updates: std::sync::Mutex<BTreeMap<String, EmailEntry>> = std::sync::Mutex::new(BTreeMap::new());
         let creates = plans.iter().filter(|(_, d, _)| *d == Decision::Create).count() as u64;
-        let mut next_tag = if creates > 0 && ot == ObjectType::Hardware { self.store.take_sequence("asset_tag", creates).await? } else { 0 };
+        let first_tag = if creates > 0 && ot == ObjectType::Hardware { self.store.take_sequence("asset_tag", creates).await? } else { 0 };
         let ts = now();
-        for (r, d, cur) in plans {
+        // Records of a page are independent: write them with bounded concurrency.
+        let mut tag = first_tag;
+        let jobs: Vec<_> = plans
+            .into_iter()
+            .map(|(r, d, cur)| {
+                let t = tag;
+                if d == Decision::Create {
+                    tag += 1;
+                }
+                (r, d, cur, t)
+            })
+            .collect();
+        let results: Vec<_> = futures::stream::iter(jobs)
+            .map(|(r, d, cur, t)| {
+                let (writer, emails, email_updates, ts, page_id) = (&writer, &emails, &email_updates, &ts, &page_id);
+                async move {
+                    let res = self.apply(&r, d, cur, writer, emails, email_updates, t, ts, page_id).await;
+                    (r, res)
+                }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let email_updates = email_updates.into_inner().unwrap_or_else(|p| p.into_inner());
+        for (r, res) in results {
             let key = r.key.clone().unwrap_or_default();
-            let res = self
-                .apply(&r, d, cur, &writer, &emails, &mut email_updates, &mut next_tag, &ts, &page_id)
-                .await;
             match res {
                 Ok(Some((changes, member, action))) => {
                     if !changes.is_empty() {
@@ -213,7 +234,8 @@ impl Importer {
             take_from_outcomes(&mut final_plan.counts, failed);
             final_plan.errors.extend(new_errors);
         }
-        self.runs.complete_page(&msg.run_id, &page_id, &final_plan, false).await?;
+        let counted = self.runs.complete_page(&msg.run_id, &page_id, &final_plan, false).await?;
+        tracing::info!(counted, created = final_plan.counts.created, updated = final_plan.counts.updated, unchanged = final_plan.counts.unchanged, "page imported");
         self.runs.try_finish(&msg.run_id).await?;
         Ok(())
     }
@@ -281,8 +303,8 @@ impl Importer {
         mut cur: Option<StoredRecord>,
         w: &Writer<'_>,
         emails: &HashMap<String, EmailEntry>,
-        email_updates: &mut BTreeMap<String, EmailEntry>,
-        next_tag: &mut u64,
+        email_updates: &std::sync::Mutex<BTreeMap<String, EmailEntry>>,
+        tag_no: u64,
         ts: &str,
         page_id: &str,
     ) -> Result<Option<(Vec<Change>, bool, &'static str)>, SyncError> {
@@ -310,8 +332,7 @@ impl Importer {
                     }
                     rec.src.insert(w.connection.to_string(), src.clone());
                     if ot == ObjectType::Hardware {
-                        let created = self.created_once(&rec.a, emails, w, *next_tag);
-                        *next_tag += 1;
+                        let created = self.created_once(&rec.a, emails, w, tag_no);
                         for (a, v) in created {
                             rec.a.insert(a.clone(), v);
                             rec.p.insert(a, prov.clone());
@@ -319,10 +340,10 @@ impl Importer {
                         for (a, v) in assignment_changes(&rec.a, &rec, emails, w) {
                             set_or_remove(&mut rec, &a, v, &prov);
                         }
-                        self.note_waiting(&rec, emails, email_updates);
+                        self.note_waiting(&rec, emails, &mut lock(email_updates));
                     }
                     if ot == ObjectType::Person {
-                        self.index_person(&rec, None, emails, email_updates);
+                        self.index_person(&rec, None, emails, &mut lock(email_updates));
                     }
                     if self.store.create_record(&rec).await? {
                         let changes = rec.a.iter().map(|(a, v)| Change { attr: a.clone(), old: None, new: v.clone() }).collect();
@@ -354,10 +375,10 @@ impl Importer {
                             changes.push(Change { attr: a.clone(), old: rec.a.get(&a).cloned(), new: v.clone().unwrap_or_default() });
                             set_or_remove(&mut rec, &a, v, &prov);
                         }
-                        self.note_waiting(&rec, emails, email_updates);
+                        self.note_waiting(&rec, emails, &mut lock(email_updates));
                     }
                     if ot == ObjectType::Person {
-                        self.index_person(&rec, Some(c), emails, email_updates);
+                        self.index_person(&rec, Some(c), emails, &mut lock(email_updates));
                     }
                     let src_written = rec.src != c.src;
                     if changes.is_empty() && !src_written {
@@ -444,9 +465,9 @@ impl Importer {
     }
 
     /// A person became available: assign the devices that were waiting for them.
-    async fn assign_waiting(&self, person: &StoredRecord, updates: &mut BTreeMap<String, EmailEntry>, w: &Writer<'_>, ts: &str, page_id: &str) -> Result<(), SyncError> {
+    async fn assign_waiting(&self, person: &StoredRecord, updates: &std::sync::Mutex<BTreeMap<String, EmailEntry>>, w: &Writer<'_>, ts: &str, page_id: &str) -> Result<(), SyncError> {
         let Some(email) = person.a.get(attr::EMAIL).and_then(|e| normalize::email(e)) else { return Ok(()) };
-        let Some(entry) = updates.get(&email).cloned() else { return Ok(()) };
+        let Some(entry) = lock(updates).get(&email).cloned() else { return Ok(()) };
         if entry.active().is_none() || entry.waiting.is_empty() {
             return Ok(());
         }
@@ -476,11 +497,15 @@ impl Importer {
             }
         }
         self.store.batch_put(history).await?;
-        if let Some(e) = updates.get_mut(&email) {
+        if let Some(e) = lock(updates).get_mut(&email) {
             e.waiting.clear();
         }
         Ok(())
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The assignment a device should have, as changes to make (`None` removes the attribute).

@@ -19,3 +19,4 @@ pub mod state;
 pub mod importer;
 pub mod fetcher;
 pub mod telemetry;
+pub mod local;

@@ -330,10 +330,11 @@ impl Runs {
             .key("pk", s("RUN"))
             .key("sk", s(run_id))
             .update_expression(
-                "SET next_page = :np, fetch_complete = :done, cursor = :c, vendor_total = :vt ADD pages_fetched :p, records_fetched :r, vendor_requests :vr, throttled :th, throttle_wait_ms :tw",
+                "SET next_page = :np, fetch_complete = :done, #cur = :c, vendor_total = :vt ADD pages_fetched :p, records_fetched :r, vendor_requests :vr, throttled :th, throttle_wait_ms :tw",
             )
             .condition_expression("next_page = :cur AND #st = :running")
             .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#cur", "cursor")
             .expression_attribute_values(":np", n(page_no + 1))
             .expression_attribute_values(":cur", n(page_no))
             .expression_attribute_values(":running", s("running"))
@@ -401,11 +402,12 @@ impl Runs {
         let mut run = Update::builder().table_name(&self.store.table).key("pk", s("RUN")).key("sk", s(run_id));
         for (name, v) in counts {
             let field = name.trim_start_matches(":c_").to_string();
-            expr.push_str(&format!(", counts.{field} {name}"));
-            run = run.expression_attribute_values(name, v);
+            expr.push_str(&format!(", #cnt.#f_{field} {name}"));
+            run = run.expression_attribute_names(format!("#f_{field}"), field).expression_attribute_values(name, v);
         }
         let run = run
             .update_expression(expr)
+            .expression_attribute_names("#cnt", "counts")
             .expression_attribute_values(":one", n(1))
             .build()
             .map_err(|e| AwsError::Item(e.to_string()))?;
@@ -432,9 +434,10 @@ impl Runs {
             .table_name(&self.store.table)
             .key("pk", s("RUN"))
             .key("sk", s(&run.run_id))
-            .update_expression("SET #st = :f, finished_at = :t, message = :m")
+            .update_expression("SET #st = :f, finished_at = :t, #msg = :m")
             .condition_expression("#st = :running")
             .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#msg", "message")
             .expression_attribute_values(":f", s("failed"))
             .expression_attribute_values(":t", s(now()))
             .expression_attribute_values(":m", s(message))
@@ -455,7 +458,8 @@ impl Runs {
             .table_name(&self.store.table)
             .key("pk", s("RUN"))
             .key("sk", s(run_id))
-            .update_expression("SET message = :m ADD fetch_failures :one")
+            .update_expression("SET #msg = :m ADD fetch_failures :one")
+            .expression_attribute_names("#msg", "message")
             .expression_attribute_values(":m", s(message))
             .expression_attribute_values(":one", n(1))
             .return_values(ReturnValue::UpdatedNew)
@@ -508,9 +512,12 @@ impl Runs {
             .table_name(&self.store.table)
             .key("pk", s("RUN"))
             .key("sk", s(run_id))
-            .update_expression("SET #st = :s, finished_at = :t, counts.missing = :m, message = :msg")
+            .update_expression("SET #st = :s, finished_at = :t, #cnt.#fm = :m, #msg = :msg")
             .condition_expression("#st = :running")
             .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#cnt", "counts")
+            .expression_attribute_names("#fm", "missing")
+            .expression_attribute_names("#msg", "message")
             .expression_attribute_values(":s", s(status))
             .expression_attribute_values(":t", s(now()))
             .expression_attribute_values(":m", n(missing))
@@ -591,8 +598,9 @@ impl Runs {
             .table_name(&self.store.table)
             .key("pk", s(format!("M#{}", run.connection)))
             .key("sk", s(format!("{}#{key}", run.object_type)))
-            .update_expression("SET missing = :d, mr = :r")
-            .condition_expression("attribute_exists(pk) AND attribute_not_exists(missing)")
+            .update_expression("SET #mi = :d, mr = :r")
+            .expression_attribute_names("#mi", "missing")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(#mi)")
             .expression_attribute_values(":d", s(date))
             .expression_attribute_values(":r", s(&run.run_id))
             .send()
@@ -627,12 +635,13 @@ impl Runs {
                 AttributeValue::N(x) => n(format!("-{x}")),
                 other => other.clone(),
             };
-            expr.push_str(&format!(", counts.{field} {name}"));
-            run = run.expression_attribute_values(name, neg);
+            expr.push_str(&format!(", #cnt.#f_{field} {name}"));
+            run = run.expression_attribute_names(format!("#f_{field}"), field).expression_attribute_values(name, neg);
         }
         let run = run
             .update_expression(expr)
             .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#cnt", "counts")
             .expression_attribute_values(":running", s("running"))
             .expression_attribute_values(":null", AttributeValue::Null(true))
             .expression_attribute_values(":minus", n(-1))
@@ -658,10 +667,10 @@ impl Runs {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Member {
     pub key: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<String>,
     /// The run that marked it missing.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mr: Option<String>,
 }
 

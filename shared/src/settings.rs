@@ -23,22 +23,22 @@ pub struct Settings {
     pub time_reserve: Duration,
 }
 
-fn var(name: &'static str) -> Result<String, AwsError> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty()).ok_or(AwsError::Env(name))
-}
-
-fn var_or(name: &str, default: &str) -> String {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_string())
-}
-
 impl Settings {
     /// Read the settings from the environment.
     pub fn from_env() -> Result<Self, AwsError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Read the settings through a lookup (tests pass a stack's function environment).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, AwsError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let var = |name: &'static str| get(name).ok_or(AwsError::Env(name));
+        let var_or = |name: &str, default: &str| get(name).unwrap_or_else(|| default.to_string());
         Ok(Settings {
             table: var("TABLE_NAME")?,
             records_queue_url: var("RECORDS_QUEUE_URL")?,
             fetch_queue_url: var("FETCH_QUEUE_URL")?,
-            dlq_url: std::env::var("DLQ_URL").ok().filter(|v| !v.is_empty()),
+            dlq_url: get("DLQ_URL"),
             max_receive_count: var_or("MAX_RECEIVE_COUNT", "5").parse().unwrap_or(5),
             asset_tag_prefix: var_or("ASSET_TAG_PREFIX", "AS-"),
             asset_tag_width: var_or("ASSET_TAG_WIDTH", "6").parse().unwrap_or(6),

@@ -66,7 +66,7 @@ impl StateStore for DynamoState {
         }
         req = match expected {
             None => req.condition_expression("attribute_not_exists(pk)"),
-            Some(v) => req.condition_expression("version = :v").expression_attribute_values(":v", n(v)),
+            Some(v) => req.condition_expression("#ver = :v").expression_attribute_names("#ver", "version").expression_attribute_values(":v", n(v)),
         };
         match req.send().await {
             Ok(_) => Ok(true),

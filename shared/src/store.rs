@@ -23,8 +23,12 @@ use crate::register::StoredRecord;
 pub type Item = HashMap<String, AttributeValue>;
 
 /// Turn an SDK error into ours, keeping the service's message.
-pub fn dyn_err<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(op: &'static str, e: SdkError<E, R>) -> AwsError {
-    AwsError::Dynamo { op, detail: DisplayErrorContext(e).to_string() }
+pub fn dyn_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(op: &'static str, e: SdkError<E, R>) -> AwsError {
+    let detail = match e.as_service_error() {
+        Some(se) => format!("{}: {}", se.code().unwrap_or("error"), se.message().unwrap_or_default()),
+        None => DisplayErrorContext(&e).to_string(),
+    };
+    AwsError::Dynamo { op, detail }
 }
 
 /// Whether an SDK error is a failed condition.
@@ -259,7 +263,8 @@ impl Store {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(Self::key("SEQ", name)))
-            .update_expression("ADD n :c")
+            .update_expression("ADD #n :c")
+            .expression_attribute_names("#n", "n")
             .expression_attribute_values(":c", n(count))
             .return_values(ReturnValue::UpdatedNew)
             .send()

@@ -547,7 +547,7 @@ async fn a_slow_answer_times_out_and_is_retried() {
 }
 
 #[tokio::test]
-async fn malformed_json_fails_the_page_clearly_and_the_page_retry_recovers() {
+async fn malformed_json_is_read_again_once_then_fails_the_page_clearly() {
     init();
     let sim = JumpCloudSim::start(JumpCloudConfig {
         systems: 300,
@@ -561,6 +561,20 @@ async fn malformed_json_fails_the_page_clearly_and_the_page_retry_recovers() {
         .unwrap();
     let first = c.fetch_page(None).await.unwrap();
     let cursor = first.next.clone().unwrap();
+
+    // Once: the body is read again and the page succeeds.
+    sim.control().inject(Fault::MalformedJson);
+    let before = sim.requests();
+    let page = c.fetch_page(Some(&cursor)).await.unwrap();
+    assert_eq!(page.records.len(), 100);
+    assert_eq!(
+        sim.requests() - before,
+        4,
+        "list twice, then user lookup and system_info"
+    );
+
+    // Twice in a row: the page fails, naming the vendor and path.
+    sim.control().inject(Fault::MalformedJson);
     sim.control().inject(Fault::MalformedJson);
     let e = c.fetch_page(Some(&cursor)).await.err().unwrap();
     assert!(matches!(e, ConnectorError::Malformed { .. }), "{e:?}");
@@ -572,7 +586,7 @@ async fn malformed_json_fails_the_page_clearly_and_the_page_retry_recovers() {
     let again = c.fetch_page(Some(&cursor)).await.unwrap();
     assert_eq!(again.records.len(), 100);
 
-    // And a whole run with one malformed body in the middle still sees everything once.
+    // And a whole run with a malformed body in the middle still sees everything once.
     sim.control().inject_after(4, Fault::MalformedJson);
     let run = drain(c.as_ref()).await.unwrap();
     assert_eq!(run.records.len(), 300);

@@ -61,14 +61,32 @@
 //! - `assetsync_detail`: the `compdetailssummary` object (absent with `details=off`, or when the
 //!   server has no summary for the computer).
 //! - `assetsync_serial`: `managedcomputerextn.service_tag` when the list carries a real one
-//!   (URL-decoded), else `computer_hardware_summary.serial_number` from the detail; placeholders
-//!   such as "To be filled by O.E.M." are skipped so a real serial in the other place still wins.
+//!   (kept as sent; the default mapping URL-decodes it with `~url_decode`), else
+//!   `computer_hardware_summary.serial_number` from the detail; placeholders such as
+//!   "To be filled by O.E.M." are skipped so a real serial in the other place still wins.
 //! - `assetsync_scan_status`: the documented scan status codes (-1 not done, 0 failed,
 //!   1 in progress, 2 success) in the words `~ec_scan_status` uses.
 //! - `assetsync_warranty_expiry`: the warranty expiry of the detail summary as RFC 3339 when it is
 //!   an epoch-milliseconds number (the field name in 1.4 is unverified; several are tried).
 //!
 //! The placeholder `--` that Endpoint Central prints for empty fields is replaced by `null`.
+//!
+//! # What was checked, and against what (no live server was available)
+//! - Scan status codes -1/0/1/2 of `scancomputers`: ManageEngine's API page for
+//!   `inventory/scancomputers` (latam mirror) and the newer `/dcapi` scan-computers page.
+//!   `~ec_scan_status` in mapping.rs maps other codes (221-224), hence `assetsync_scan_status`.
+//! - Error bodies arrive with HTTP 200 and `status: "error"`; `error_code` 10002 means an invalid
+//!   token and 10001/10002 a refused login (an independent Go client, dannyota/hotpot `meec`),
+//!   which also confirms `auth_type`, `two_factor_data` and the `--` placeholder.
+//! - `compdetailssummary` fields (`serial_number`, `device_model`, `device_manufacturer`,
+//!   `device_type`, `processor`, `memory`): Forescout eyeExtend and several other clients.
+//!   The warranty field of the 1.4 summary is not documented anywhere found.
+//! - Zoho: 1-hour tokens, 10 per refresh token per 10 minutes (Zoho token-validity page); a refusal
+//!   past the cap is "Access Denied" / "too many requests" (HTTP 400), a bad refresh token
+//!   `{"error":"invalid_code"}`; some Zoho products answer `expires_in` in milliseconds with
+//!   `expires_in_sec` beside it, so both are read.
+//! - What a locked (rate-limited) server answers is undocumented: both HTTP 429 and an error body
+//!   mentioning the rate limit/lock are treated as throttling.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -506,6 +524,14 @@ fn derive_fields(rec: &mut Value) {
     }
 }
 
+/// One list answer.
+struct ListPage {
+    rows: Vec<Value>,
+    total: Option<u64>,
+    /// The page size in effect.
+    limit: u32,
+}
+
 /// Where a listing stands: 1-based page, records of it already emitted, and the previous page's fingerprint.
 #[derive(Debug, PartialEq)]
 struct Position {
@@ -724,7 +750,10 @@ impl EndpointCentral {
         )? as usize;
 
         let ca = s.ca_cert.filter(|c| !c.trim().is_empty());
-        if ca.as_deref().is_some_and(|c| !c.contains("-----BEGIN CERTIFICATE-----")) {
+        if ca
+            .as_deref()
+            .is_some_and(|c| !c.contains("-----BEGIN CERTIFICATE-----"))
+        {
             return Err(ConnectorError::Config(format!(
                 "the {SRC} secret field `ca_cert` must be a PEM certificate (-----BEGIN CERTIFICATE----- ...)"
             )));
@@ -1159,7 +1188,7 @@ impl EndpointCentral {
                         .into());
                     }
                     throttled += 1;
-                    let wait = Duration::from_millis(if fast() { 200 } else { 60_000 });
+                    let wait = Duration::from_millis(if fast() { 500 } else { 60_000 });
                     let stats = http.stats();
                     stats
                         .throttled
@@ -1185,12 +1214,10 @@ impl EndpointCentral {
         }
     }
 
-    /// One list page: its rows and the reported total.
-    async fn list(
-        &self,
-        page: u64,
-        size: u32,
-    ) -> Result<(Vec<Value>, Option<u64>), ConnectorError> {
+    /// One list page: its rows, the reported total, and the page size the server applied
+    /// (its `limit` when smaller than the one asked for: a server that clamps `pagelimit` lower
+    /// must not make a full page look short).
+    async fn list(&self, page: u64, size: u32) -> Result<ListPage, ConnectorError> {
         let url = self.list_url(page, size);
         let body = self.get_json(&self.http, &url).await.map_err(|e| match e.into_connector() {
             ConnectorError::Status {
@@ -1211,10 +1238,16 @@ impl EndpointCentral {
         let mr = body
             .get("message_response")
             .ok_or_else(|| malformed("no message_response in the answer".into()))?;
-        let total = mr.get("total").and_then(|t| {
-            t.as_u64()
-                .or_else(|| t.as_str().and_then(|s| s.trim().parse().ok()))
-        });
+        let number = |name: &str| {
+            mr.get(name).and_then(|t| {
+                t.as_u64()
+                    .or_else(|| t.as_str().and_then(|s| s.trim().parse().ok()))
+            })
+        };
+        let total = number("total");
+        let limit = number("limit")
+            .filter(|l| *l >= 1)
+            .map_or(size, |l| (l.min(size as u64)) as u32);
         let rows = match mr.get(self.listing.entity()) {
             Some(Value::Array(a)) => a.clone(),
             Some(Value::Null) | None => {
@@ -1242,7 +1275,7 @@ impl EndpointCentral {
                 )))
             }
         };
-        Ok((rows, total))
+        Ok(ListPage { rows, total, limit })
     }
 
     /// One detail summary: `Ok(None)` when the server has none for the computer (a lasting answer).
@@ -1372,7 +1405,7 @@ impl EndpointCentral {
 impl Connector for EndpointCentral {
     async fn fetch_page(&self, cursor: Option<&Cursor>) -> Result<Page, ConnectorError> {
         let pos = Position::from(cursor)?;
-        let (rows, total) = self.list(pos.page, self.page_size).await?;
+        let ListPage { rows, total, limit } = self.list(pos.page, self.page_size).await?;
         let fp = fingerprint(&rows);
         if pos.skip == 0 && !rows.is_empty() && pos.prev_fp.as_deref() == Some(fp.as_str()) {
             tracing::warn!(
@@ -1388,7 +1421,7 @@ impl Connector for EndpointCentral {
                 total,
             });
         }
-        let last = is_last_page(pos.page, self.page_size, rows.len(), total);
+        let last = is_last_page(pos.page, limit, rows.len(), total);
         let rest: Vec<Value> = rows.into_iter().skip(pos.skip).collect();
         let (records, cut) = self.enrich(rest).await?;
         let next = match cut {
@@ -1406,7 +1439,7 @@ impl Connector for EndpointCentral {
     }
 
     async fn test(&self) -> Result<TestReport, ConnectorError> {
-        let (rows, total) = self.list(1, 1).await?;
+        let ListPage { rows, total, .. } = self.list(1, 1).await?;
         let mut sample = rows.into_iter().next();
         let mut note = String::new();
         if let Some(rec) = sample.as_mut() {
@@ -1715,7 +1748,10 @@ mod tests {
             default_mapping(ObjectType::Hardware, None),
             Some(COMPUTER_MAPPING)
         );
-        assert_eq!(default_mapping(ObjectType::Hardware, Some("scancomputers")), Some(SCAN_MAPPING));
+        assert_eq!(
+            default_mapping(ObjectType::Hardware, Some("scancomputers")),
+            Some(SCAN_MAPPING)
+        );
         assert!(default_mapping(ObjectType::Person, None).is_none());
         let m = Mapping::parse(COMPUTER_MAPPING).unwrap();
         assert_eq!(m.key_attr(), "Serial Number");

@@ -240,6 +240,7 @@ struct Envelope {
 
 impl Intune {
     /// Build from the secret (`tenant_id`, `client_id`, `client_secret`, optional `login_url`, `graph_url`).
+    #[allow(clippy::new_ret_no_self)] // the dispatch in mod.rs takes a boxed connector
     pub fn new(
         secret: &Value,
         ctx: ConnectorContext,
@@ -804,7 +805,15 @@ fn aadsts_description(detail: &str) -> Option<String> {
         .filter_map(|m| rest.find(m))
         .min()
         .unwrap_or(rest.len());
-    let s = rest[..end].trim().trim_end_matches('"').trim();
+    let mut s = rest[..end]
+        .trim()
+        .trim_end_matches('…')
+        .trim_end_matches('"')
+        .trim();
+    // The first sentence is enough next to our explanation.
+    if let Some(i) = s.find(". ") {
+        s = &s[..=i];
+    }
     (!s.is_empty()).then(|| s.to_string())
 }
 
@@ -840,17 +849,20 @@ fn graph_message(detail: &str) -> String {
     let cleaned = detail
         .replace("\\r\\n", " ")
         .replace("\\\"", "\"")
-        .replace("\\", "");
+        .replace('\\', "");
     let start = [
         "Application is not authorized",
         "Insufficient privileges",
-        "\"message\"",
+        "\"message\":",
     ]
     .iter()
-    .filter_map(|m| cleaned.find(m))
-    .min()
+    .find_map(|m| cleaned.find(m))
     .unwrap_or(0);
-    cleaned[start..].chars().take(240).collect()
+    let mut out: String = cleaned[start..].chars().take(240).collect();
+    if let Some(i) = out.find(" - Operation ID") {
+        out.truncate(i);
+    }
+    out.trim_end_matches('…').trim().to_string()
 }
 
 /// The `roles` claim of a JWT access token (application permissions), if it decodes.

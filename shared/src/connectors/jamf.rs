@@ -54,7 +54,9 @@ config:api=mobile-devices
 /// The default mapping for computers, or for mobile devices with `config:api=mobile-devices`.
 pub fn default_mapping(object_type: ObjectType, api: Option<&str>) -> Option<&'static str> {
     match (object_type, api) {
-        (ObjectType::Hardware, Some("mobile-devices" | "mobile-devices/detail")) => Some(MOBILE_MAPPING),
+        (ObjectType::Hardware, Some("mobile-devices" | "mobile-devices/detail")) => {
+            Some(MOBILE_MAPPING)
+        }
         (ObjectType::Hardware, _) => Some(COMPUTER_MAPPING),
         _ => None,
     }
@@ -103,13 +105,25 @@ struct Envelope {
 impl Jamf {
     /// Build from the secret (`tenant_url`, `client_id`, `client_secret`).
     pub fn new(secret: &Value, ctx: ConnectorContext) -> Result<Self, ConnectorError> {
-        let s: Secret = parse_secret(SourceKind::Jamf, secret, "`tenant_url`, `client_id` and `client_secret`")?;
+        let s: Secret = parse_secret(
+            SourceKind::Jamf,
+            secret,
+            "`tenant_url`, `client_id` and `client_secret`",
+        )?;
         require(SourceKind::Jamf, "tenant_url", &s.tenant_url)?;
         require(SourceKind::Jamf, "client_id", &s.client_id)?;
-        require(SourceKind::Jamf, "client_secret", s.client_secret.expose_secret())?;
+        require(
+            SourceKind::Jamf,
+            "client_secret",
+            s.client_secret.expose_secret(),
+        )?;
         let mut base = check_base_url(&s.tenant_url, "tenant_url")?;
         // Users paste either the tenant root or the `/api` root.
-        let trimmed = base.path().trim_end_matches('/').trim_end_matches("/api").to_string();
+        let trimmed = base
+            .path()
+            .trim_end_matches('/')
+            .trim_end_matches("/api")
+            .to_string();
         base.set_path(&trimmed);
         let listing = match ctx.config("api").unwrap_or("computers-inventory") {
             "computers-inventory" | "computers" => Listing::Computers,
@@ -123,15 +137,28 @@ impl Jamf {
         let version = match ctx.config("version") {
             None => None,
             Some(v) if matches!(v, "v1" | "v2" | "v3" | "v4") => Some(v.to_string()),
-            Some(v) => return Err(ConnectorError::Config(format!("config:version={v} must be v1, v2, v3 or v4"))),
+            Some(v) => {
+                return Err(ConnectorError::Config(format!(
+                    "config:version={v} must be v1, v2, v3 or v4"
+                )))
+            }
         };
         let mut opts = HttpOptions::new(VENDOR);
         // Jamf asks integrations to keep to 5 concurrent connections; it publishes no rate.
-        opts.rate_limit = Some(RateLimit { requests: 50, per: Duration::from_secs(1), concurrency: 5 });
+        opts.rate_limit = Some(RateLimit {
+            requests: 50,
+            per: Duration::from_secs(1),
+            concurrency: 5,
+        });
         // The process-wide token cache is keyed by a fingerprint of the secret too, so that a
         // token fetched with the right secret never vouches for a wrong one (a warm Lambda running
         // `test` after a bad secret rotation must fail). The fingerprint is never logged.
-        let token_key = format!("jamf|{}|{}|{:016x}", base, s.client_id, fingerprint(s.client_secret.expose_secret()));
+        let token_key = format!(
+            "jamf|{}|{}|{:016x}",
+            base,
+            s.client_id,
+            fingerprint(s.client_secret.expose_secret())
+        );
         Ok(Jamf {
             http: VendorHttp::new(opts)?,
             page_size: ctx.page_size(MAX_PAGE_SIZE, MAX_PAGE_SIZE)?,
@@ -184,7 +211,12 @@ impl Jamf {
             let tok = self.token().await?;
             let res = self
                 .http
-                .json::<Envelope>(|| self.http.client().get(url.clone()).bearer_auth(tok.expose_secret()))
+                .json::<Envelope>(|| {
+                    self.http
+                        .client()
+                        .get(url.clone())
+                        .bearer_auth(tok.expose_secret())
+                })
                 .await;
             match res {
                 Err(ConnectorError::Auth { .. }) if attempt == 0 => token::invalidate(&self.token_key),
@@ -198,17 +230,29 @@ impl Jamf {
                 other => return other,
             }
         }
-        Err(ConnectorError::Auth { vendor: VENDOR, detail: "a fresh token was refused too".into() })
+        Err(ConnectorError::Auth {
+            vendor: VENDOR,
+            detail: "a fresh token was refused too".into(),
+        })
     }
 
     fn url(&self, version: &str, page: u64, size: u32) -> Url {
         let (path, sections, sort): (String, &[&str], &str) = match self.listing {
             Listing::Computers => (
                 format!("api/{version}/computers-inventory"),
-                &["GENERAL", "HARDWARE", "OPERATING_SYSTEM", "USER_AND_LOCATION"],
+                &[
+                    "GENERAL",
+                    "HARDWARE",
+                    "OPERATING_SYSTEM",
+                    "USER_AND_LOCATION",
+                ],
                 "id:asc",
             ),
-            Listing::MobileDevices => ("api/v2/mobile-devices/detail".into(), &["GENERAL", "HARDWARE", "USER_AND_LOCATION"], "deviceId:asc"),
+            Listing::MobileDevices => (
+                "api/v2/mobile-devices/detail".into(),
+                &["GENERAL", "HARDWARE", "USER_AND_LOCATION"],
+                "deviceId:asc",
+            ),
         };
         let mut url = join(&self.base, &path);
         {
@@ -226,7 +270,12 @@ impl Jamf {
         url
     }
 
-    async fn page(&self, page: u64, size: u32, version: Option<&str>) -> Result<(Envelope, String), ConnectorError> {
+    async fn page(
+        &self,
+        page: u64,
+        size: u32,
+        version: Option<&str>,
+    ) -> Result<(Envelope, String), ConnectorError> {
         if self.listing == Listing::MobileDevices {
             return Ok((self.get(&self.url("v2", page, size)).await?, "v2".into()));
         }
@@ -242,15 +291,22 @@ impl Jamf {
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or(ConnectorError::Config("no computers-inventory version answered".into())))
+        Err(last.unwrap_or(ConnectorError::Config(
+            "no computers-inventory version answered".into(),
+        )))
     }
 }
 
 #[async_trait]
 impl Connector for Jamf {
     async fn fetch_page(&self, cursor: Option<&Cursor>) -> Result<Page, ConnectorError> {
-        let page = cursor.and_then(|c| c.0.get("page")).and_then(Value::as_u64).unwrap_or(0);
-        let version = cursor.and_then(|c| c.0.get("version")).and_then(Value::as_str);
+        let page = cursor
+            .and_then(|c| c.0.get("page"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let version = cursor
+            .and_then(|c| c.0.get("version"))
+            .and_then(Value::as_str);
         let asked = cursor
             .and_then(|c| c.0.get("size"))
             .and_then(Value::as_u64)
@@ -266,7 +322,11 @@ impl Connector for Jamf {
             }
             Cursor(c)
         });
-        Ok(Page { next, total: env.total_count, records: env.results })
+        Ok(Page {
+            next,
+            total: env.total_count,
+            records: env.results,
+        })
     }
 
     async fn test(&self) -> Result<TestReport, ConnectorError> {
@@ -279,7 +339,9 @@ impl Connector for Jamf {
             message: format!(
                 "authenticated to {} and read {what}: {} records in total",
                 self.base,
-                env.total_count.map(|t| t.to_string()).unwrap_or_else(|| "?".into())
+                env.total_count
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "?".into())
             ),
             sample: env.results.into_iter().next(),
         })
@@ -294,10 +356,15 @@ impl Connector for Jamf {
 
     fn checked_in(&self, raw: &Value) -> Option<DateTime<Utc>> {
         let g = raw.get("general")?;
-        ["lastContactTime", "lastInventoryUpdateDate", "reportDate", "lastInventoryUpdateTimestamp"]
-            .iter()
-            .filter_map(|k| g.get(*k).and_then(Value::as_str))
-            .find_map(normalize::parse_time)
+        [
+            "lastContactTime",
+            "lastInventoryUpdateDate",
+            "reportDate",
+            "lastInventoryUpdateTimestamp",
+        ]
+        .iter()
+        .filter_map(|k| g.get(*k).and_then(Value::as_str))
+        .find_map(normalize::parse_time)
     }
 
     fn http_counts(&self) -> HttpCounts {
@@ -348,12 +415,22 @@ mod tests {
         if let Some(a) = api {
             config.insert("api".to_string(), a.to_string());
         }
-        ConnectorContext { connection: "jamf-test".into(), object_type: ObjectType::Hardware, config, state: Arc::new(MemoryState::default()) }
+        ConnectorContext {
+            connection: "jamf-test".into(),
+            object_type: ObjectType::Hardware,
+            config,
+            state: Arc::new(MemoryState::default()),
+        }
     }
 
     #[test]
     fn secret_errors_name_the_field() {
-        let e = Jamf::new(&json!({"tenant_url": "https://x.jamfcloud.com", "client_id": "a"}), ctx(None)).err().unwrap();
+        let e = Jamf::new(
+            &json!({"tenant_url": "https://x.jamfcloud.com", "client_id": "a"}),
+            ctx(None),
+        )
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("client_secret"), "{e}");
         let e = Jamf::new(&json!("just a string"), ctx(None)).err().unwrap();
         assert!(e.to_string().contains("JSON object"), "{e}");
@@ -365,10 +442,16 @@ mod tests {
     fn urls_are_stable_sorted() {
         let j = Jamf::new(&json!({"tenant_url": "https://x.jamfcloud.com/api/", "client_id": "a", "client_secret": "b"}), ctx(None)).unwrap();
         let u = j.url("v1", 3, 2000).to_string();
-        assert!(u.starts_with("https://x.jamfcloud.com/api/v1/computers-inventory?section=GENERAL"), "{u}");
+        assert!(
+            u.starts_with("https://x.jamfcloud.com/api/v1/computers-inventory?section=GENERAL"),
+            "{u}"
+        );
         assert!(u.contains("page=3&page-size=2000&sort=id%3Aasc"), "{u}");
         let j = Jamf::new(&json!({"tenant_url": "https://x.jamfcloud.com", "client_id": "a", "client_secret": "b"}), ctx(Some("mobile-devices"))).unwrap();
-        assert!(j.url("v2", 0, 10).path().ends_with("/api/v2/mobile-devices/detail"));
+        assert!(j
+            .url("v2", 0, 10)
+            .path()
+            .ends_with("/api/v2/mobile-devices/detail"));
     }
 
     #[test]
@@ -378,7 +461,10 @@ mod tests {
         assert!(is_last_page(1, 2000, 500, Some(2500)));
         // Exactly a multiple of the page size: the total ends it without an extra empty request.
         assert!(is_last_page(1, 100, 100, Some(200)));
-        assert!(is_last_page(3, 100, 0, Some(1000)), "an empty page always ends");
+        assert!(
+            is_last_page(3, 100, 0, Some(1000)),
+            "an empty page always ends"
+        );
         assert!(is_last_page(0, 100, 40, None));
         assert!(!is_last_page(0, 100, 100, None));
         // Records deleted mid-run: a short later page reaching the new total ends the run.
@@ -386,8 +472,16 @@ mod tests {
         // A server capping pages at 1000 while 2000 was asked: keep paging by 1000.
         assert_eq!(effective_page_size(0, 2000, 1000, Some(2500)), 1000);
         assert!(!is_last_page(0, 1000, 1000, Some(2500)));
-        assert_eq!(effective_page_size(0, 2000, 40, Some(40)), 2000, "a small fleet is not a clamp");
-        assert_eq!(effective_page_size(1, 2000, 10, Some(5000)), 2000, "only the first page decides");
+        assert_eq!(
+            effective_page_size(0, 2000, 40, Some(40)),
+            2000,
+            "a small fleet is not a clamp"
+        );
+        assert_eq!(
+            effective_page_size(1, 2000, 10, Some(5000)),
+            2000,
+            "only the first page decides"
+        );
     }
 
     #[test]

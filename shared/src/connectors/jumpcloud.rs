@@ -217,6 +217,7 @@ struct Envelope {
 
 impl JumpCloud {
     /// Build from the secret (`api_key`, optional `org_id`, optional `base_url`).
+    #[allow(clippy::new_ret_no_self)] // the dispatch in mod.rs wants a boxed connector
     pub fn new(
         secret: &Value,
         ctx: ConnectorContext,
@@ -363,22 +364,36 @@ impl JumpCloud {
         url
     }
 
+    /// GET with the API key. A body that is not the JSON expected (a truncated answer) is read
+    /// once more before the page fails with [`ConnectorError::Malformed`]; statuses are
+    /// retried by [`VendorHttp`], and a 401 is final (an API key has nothing to refresh).
     async fn get<T: DeserializeOwned>(&self, url: &Url) -> Result<T, ConnectorError> {
-        self.http
-            .json::<T>(|| {
-                let mut rb = self
-                    .http
-                    .client()
-                    .get(url.clone())
-                    .header("x-api-key", self.api_key.expose_secret())
-                    .header(ACCEPT, "application/json");
-                if let Some(o) = &self.org_id {
-                    rb = rb.header("x-org-id", o.as_str());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let res = self
+                .http
+                .json::<T>(|| {
+                    let mut rb = self
+                        .http
+                        .client()
+                        .get(url.clone())
+                        .header("x-api-key", self.api_key.expose_secret())
+                        .header(ACCEPT, "application/json");
+                    if let Some(o) = &self.org_id {
+                        rb = rb.header("x-org-id", o.as_str());
+                    }
+                    rb
+                })
+                .await;
+            match res {
+                Err(ConnectorError::Malformed { detail, .. }) if attempt == 1 => {
+                    tracing::warn!(vendor = VENDOR, path = url.path(), %detail, "malformed body; reading it once more");
+                    self.http.stats().retries.fetch_add(1, Ordering::Relaxed);
                 }
-                rb
-            })
-            .await
-            .map_err(|e| explain(e, self.org_id.is_some()))
+                other => return other.map_err(|e| explain(e, self.org_id.is_some())),
+            }
+        }
     }
 
     async fn page(&self, skip: u64, limit: u32) -> Result<Envelope, ConnectorError> {

@@ -25,8 +25,12 @@
 //!   The default mapping keys on `serial_number`; to key on Kandji's own id instead, write
 //!   `key:device_id=Device ID` in the mapping.
 //!   Each record gains `assetsync_os_name` (`Mac` → `macOS`, `iPhone` → `iOS`, `iPad` → `iPadOS`,
-//!   `AppleTV` → `tvOS`, `Vision` → `visionOS`). `user` is an object when assigned and `""` when
-//!   not: paths like `user.email` simply find nothing in the latter case.
+//!   `AppleTV` → `tvOS`, `Windows`, `Android`) and, for the Apple platforms only,
+//!   `assetsync_manufacturer` = `Apple`: the list is "polymorphic" (the docs list `platform` values
+//!   `Mac`, `iPad`, `iPhone`, `AppleTV`, `Android`, `Windows` once Windows or Android management is
+//!   on), so Apple is not assumed for every device; a vendor `manufacturer` field wins when present.
+//!   `user` is an object when assigned and `""` when not: paths like `user.email` simply find
+//!   nothing in the latter case.
 //!   The list has no MAC address. `config:details=true` adds, under `details`, the answer of
 //!   `GET /api/v1/devices/{device_id}/details` (without its bulky `installed_profiles`, `volumes` and
 //!   `users.system_users`), so `details.network.mac_address` can be mapped. **Cost:** one extra
@@ -42,9 +46,10 @@
 //!   paging. `config:apps_source=per-device` instead pages the devices (`config:page_size` of them,
 //!   default 100) and calls `GET /api/v1/devices/{id}/apps` for each: one request per device, so
 //!   only for tenants whose token may not read Prism.
-//!   Each record gains `assetsync_device_serial`, `assetsync_device_id` and `assetsync_key`
-//!   (`<normalised serial>|<bundle_id, or the app name>`; absent when the device has no serial, so
-//!   the record is skipped); [`Connector::parent_key`] returns the normalised serial.
+//!   Each record gains `assetsync_device_serial` (normalised), `assetsync_device_id` and
+//!   `assetsync_key` (`<normalised serial>|<bundle_id, or the app name>`; both absent when the device
+//!   has no usable serial, so the record is skipped); [`Connector::parent_key`] returns the
+//!   normalised serial, i.e. the device's hardware key.
 //! - `users` (default for Person): `GET /api/v1/users`, directory-integration users, at most 300 a
 //!   page (no documented `limit` parameter, so none is sent). Paging is a DRF-style cursor:
 //!   `{"next": url|null, "previous": …, "results": […]}`. The documented `next` URL points at
@@ -152,7 +157,7 @@ const DEVICES_MAPPING: &str = "\
 key:serial_number=Serial Number
 map:device_name=Name
 map:model=Model
-map:'Apple'=Manufacturer
+map:manufacturer|assetsync_manufacturer=Manufacturer
 map:assetsync_os_name|platform=OS Name
 map:os_version=OS Version
 map:platform=Device Type
@@ -341,6 +346,8 @@ pub fn os_name(platform: &str) -> Option<&'static str> {
             "ipad" | "ipados" => "iPadOS",
             "appletv" | "tvos" => "tvOS",
             "vision" | "applevision" | "visionpro" | "visionos" => "visionOS",
+            "windows" => "Windows",
+            "android" => "Android",
             _ => return None,
         },
     )
@@ -349,8 +356,15 @@ pub fn os_name(platform: &str) -> Option<&'static str> {
 /// Add the derived fields of a device record.
 fn enrich_device(r: &mut Value) {
     let os = r.get("platform").and_then(Value::as_str).and_then(os_name);
-    if let (Some(os), Some(obj)) = (os, r.as_object_mut()) {
+    let Some(obj) = r.as_object_mut() else { return };
+    if let Some(os) = os {
         obj.insert("assetsync_os_name".into(), Value::String(os.into()));
+        if !matches!(os, "Windows" | "Android") {
+            obj.insert(
+                "assetsync_manufacturer".into(),
+                Value::String("Apple".into()),
+            );
+        }
     }
 }
 
@@ -379,9 +393,10 @@ fn str_field<'a>(r: &'a Value, names: &[&str]) -> Option<&'a str> {
 /// Add the derived fields of an app row. `device` is the device record it came with (per-device
 /// source); Prism rows carry `serial_number` and `device_id` themselves.
 fn enrich_app(r: &mut Value, device: Option<&Value>) {
+    // Normalised (trimmed, upper-cased), as the register keys hardware; none for placeholders.
     let serial = str_field(r, &["serial_number"])
         .or_else(|| device.and_then(|d| str_field(d, &["serial_number"])))
-        .map(str::to_string);
+        .and_then(normalize::serial);
     let device_id = str_field(r, &["device_id"])
         .or_else(|| device.and_then(|d| str_field(d, &["device_id"])))
         .map(str::to_string);
@@ -401,7 +416,7 @@ fn enrich_app(r: &mut Value, device: Option<&Value>) {
     if let Some(c) = checked {
         obj.insert("assetsync_device_checked_in".into(), Value::String(c));
     }
-    if let (Some(s), Some(i)) = (serial.as_deref().and_then(normalize::serial), ident) {
+    if let (Some(s), Some(i)) = (serial, ident) {
         obj.insert("assetsync_key".into(), Value::String(format!("{s}|{i}")));
     }
 }
@@ -551,11 +566,11 @@ pub struct Kandji {
     details: bool,
     details_ttl: Option<Duration>,
     state: Arc<dyn StateStore>,
-    connection: String,
 }
 
 impl Kandji {
     /// Build from the secret (`subdomain`, `region`, `api_token`, optional `base_url`).
+    #[allow(clippy::new_ret_no_self)] // the dispatch in mod.rs takes a boxed connector
     pub fn new(
         secret: &Value,
         ctx: ConnectorContext,
@@ -629,8 +644,9 @@ impl Kandji {
         let details_ttl = match ctx.config("details_ttl_hours").map(str::trim) {
             None => Some(Duration::from_secs(24 * 3600)),
             Some(h) => match h.parse::<f64>() {
-                Ok(h) if h == 0.0 => None,
-                Ok(h) if h > 0.0 && h <= 24.0 * 90.0 => Some(Duration::from_secs_f64(h * 3600.0)),
+                Ok(h) if (0.0..=24.0 * 90.0).contains(&h) => {
+                    (h > 0.0).then(|| Duration::from_secs_f64(h * 3600.0))
+                }
                 _ => return Err(ConnectorError::Config(format!("config:details_ttl_hours={h} must be a number of hours from 0 (no cache) to 2160"))),
             },
         };
@@ -659,7 +675,6 @@ impl Kandji {
             details,
             details_ttl,
             state: ctx.state,
-            connection: ctx.connection,
         })
     }
 
@@ -811,8 +826,9 @@ impl Kandji {
         }
     }
 
+    /// The state key of a device's cached details (the store is already per connection).
     fn details_key(&self, device_id: &str) -> String {
-        format!("kandji|{}|details|{device_id}", self.connection)
+        format!("kandji-details|{device_id}")
     }
 
     /// Attach `details` to each device (from the cache when fresh).
@@ -1565,7 +1581,7 @@ mod tests {
         assert_eq!(r.key.as_deref(), Some("C02ABC|com.apple.Safari"));
         assert_eq!(r.attrs["Name"], "Safari");
         assert_eq!(r.attrs["Bundle ID"], "com.apple.Safari");
-        assert_eq!(r.attrs["Device Serial"], "c02abc");
+        assert_eq!(r.attrs["Device Serial"], "C02ABC");
         assert_eq!(k.parent_key(&row).as_deref(), Some("C02ABC"));
         assert_eq!(k.source_id(&row).as_deref(), Some("dev-1|com.apple.Safari"));
         assert!(k.checked_in(&row).is_some());
@@ -1598,7 +1614,17 @@ mod tests {
         );
         assert_eq!(os_name("AppleTV"), Some("tvOS"));
         assert_eq!(os_name("iPhone"), Some("iOS"));
-        assert_eq!(os_name("Windows"), None);
+        assert_eq!(os_name("Windows"), Some("Windows"));
+        assert_eq!(os_name("Linux"), None);
+        let mut w = json!({"platform": "Windows", "serial_number": "5CG1234XYZ"});
+        enrich_device(&mut w);
+        let m = Mapping::parse(DEVICES_MAPPING).unwrap();
+        let r = m.apply(&w, ObjectType::Hardware);
+        assert_eq!(r.attrs["OS Name"], "Windows");
+        assert!(
+            !r.attrs.contains_key("Manufacturer"),
+            "Apple is not assumed for Windows"
+        );
         assert_eq!(default_mapping(ObjectType::Hardware, Some("nope")), None);
         assert_eq!(
             default_mapping(ObjectType::Person, Some("devices")),

@@ -515,7 +515,7 @@ pub fn make_device(seed: u64, i: usize) -> Value {
         )
     } else {
         // Android Enterprise work profiles on personal phones report no serial.
-        let personal = i % 2 == 0;
+        let personal = i & 1 == 0;
         let serial = if personal {
             String::new()
         } else {
@@ -541,7 +541,8 @@ pub fn make_device(seed: u64, i: usize) -> Value {
         t.map(|d| d.to_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string())
             .unwrap_or_else(|_| NEVER.to_string())
     };
-    let joined = !(personal || (os == "iOS" && i % 3 == 0));
+    let third = i % 3;
+    let joined = !(personal || (os == "iOS" && third == 0));
     let (upn, email, display, uid) = if userless {
         (String::new(), String::new(), String::new(), String::new())
     } else {
@@ -722,11 +723,22 @@ async fn token(
     };
     let own = host_base(&headers);
     let known = [
-        own.as_str(),
         "https://graph.microsoft.com",
         "00000003-0000-0000-c000-000000000000",
     ];
-    if !known.contains(&resource.trim_end_matches('/')) {
+    // This simulator is Graph too, under any loopback name for its port.
+    let is_self = |r: &str| {
+        let (Ok(a), Ok(b)) = (url::Url::parse(r), url::Url::parse(&own)) else {
+            return false;
+        };
+        let loopback =
+            |u: &url::Url| matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+        loopback(&a)
+            && loopback(&b)
+            && a.port_or_known_default() == b.port_or_known_default()
+            && a.path().trim_matches('/').is_empty()
+    };
+    if !known.contains(&resource.trim_end_matches('/')) && !is_self(resource) {
         return refuse(aadsts(
             StatusCode::BAD_REQUEST,
             "invalid_resource",
@@ -787,10 +799,21 @@ async fn token(
 fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
     let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string();
     let id = uuid::Uuid::new_v4().to_string();
-    json_response(
-        status,
-        &json!({"error": {"code": code, "message": message, "innerError": {"date": now, "request-id": id, "client-request-id": id}}}),
-    )
+    // Graph's key order: code, message, innerError (serde_json would sort them).
+    let q = |v: &str| Value::String(v.to_string()).to_string();
+    let body = format!(
+        "{{\"error\":{{\"code\":{},\"message\":{},\"innerError\":{{\"date\":{},\"request-id\":{},\"client-request-id\":{}}}}}}}",
+        q(code),
+        q(message),
+        q(&now),
+        q(&id),
+        q(&id)
+    );
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .body(Body::from(body))
+        .unwrap_or_default()
 }
 
 async fn not_found(headers: HeaderMap, uri: axum::http::Uri) -> Response {
@@ -848,21 +871,13 @@ fn token_roles(tok: &str) -> Vec<String> {
 }
 
 fn forbidden_intune(base: &str) -> Response {
-    let inner = json!({
-        "_version": 3,
-        "Message": format!("Application is not authorized to perform this operation. Application must have one of the following scopes: DeviceManagementManagedDevices.Read.All, DeviceManagementManagedDevices.ReadWrite.All - Operation ID (for customer support): 00000000-0000-0000-0000-000000000000 - Activity ID: {} - Url: {base}/DeviceFE/StatelessDeviceFEService/deviceManagement/managedDevices?api-version=2024-06-14", uuid::Uuid::new_v4()),
-        "CustomApiErrorPhrase": "",
-        "RetryAfter": null,
-        "ErrorSourceService": "",
-        "HttpHeaders": "{}"
-    });
-    graph_error(
-        StatusCode::FORBIDDEN,
-        "Forbidden",
-        &serde_json::to_string_pretty(&inner)
-            .unwrap_or_default()
-            .replace('\n', "\r\n"),
-    )
+    // Intune nests a JSON text in `message`, keys in this order (serde_json would sort them).
+    let url = format!("{base}/DeviceFE/StatelessDeviceFEService/deviceManagement/managedDevices?api-version=2024-06-14");
+    let inner = format!(
+        "{{\r\n  \"_version\": 3,\r\n  \"Message\": \"Application is not authorized to perform this operation. Application must have one of the following scopes: DeviceManagementManagedDevices.Read.All, DeviceManagementManagedDevices.ReadWrite.All - Operation ID (for customer support): 00000000-0000-0000-0000-000000000000 - Activity ID: {} - Url: {url}\",\r\n  \"CustomApiErrorPhrase\": \"\",\r\n  \"RetryAfter\": null,\r\n  \"ErrorSourceService\": \"\",\r\n  \"HttpHeaders\": \"{{}}\"\r\n}}",
+        uuid::Uuid::new_v4()
+    );
+    graph_error(StatusCode::FORBIDDEN, "Forbidden", &inner)
 }
 
 async fn listing(

@@ -43,6 +43,9 @@
 //! computers lack a Wi-Fi MAC (their `altMacAddress` is set), ~3% lack `hardware.make`, and ~10% of
 //! emails arrive in mixed case. Record `i` of a fleet is the same for the same seed.
 
+// Handlers return ready-made error responses; boxing them would buy nothing in a test server.
+#![allow(clippy::result_large_err)]
+
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -74,6 +77,11 @@ pub struct JamfConfig {
     pub versions: Vec<&'static str>,
     /// The API client's Access Token Lifetime.
     pub token_lifetime: Duration,
+    /// The server's page cap (Jamf's is 2000); larger `page-size` values are silently clamped to it.
+    /// Lower it to emulate a server that pages by less than a client asks.
+    pub max_page_size: usize,
+    /// Default: a fresh UUID per config, like Jamf's API client ids (so two simulators that happen
+    /// to reuse a port never share a process-wide cached token).
     pub client_id: String,
     pub client_secret: String,
 }
@@ -86,7 +94,8 @@ impl Default for JamfConfig {
             seed: 42,
             versions: vec!["v1", "v3"],
             token_lifetime: Duration::from_secs(300),
-            client_id: "6cabf059-21c9-44d6-bbde-02898f7430dd".into(),
+            max_page_size: MAX_PAGE_SIZE,
+            client_id: uuid::Uuid::new_v4().to_string(),
             client_secret: "sim-Jamf-client-secret-dzmsPks-FwXpks80".into(),
         }
     }
@@ -103,7 +112,12 @@ pub struct JamfSim {
 /// Start a simulator with `computers` computers (and a quarter as many mobile devices), seed 42,
 /// versions v1 and v3.
 pub async fn start_default(computers: usize) -> anyhow::Result<JamfSim> {
-    JamfSim::start(JamfConfig { computers, mobile_devices: computers / 4, ..JamfConfig::default() }).await
+    JamfSim::start(JamfConfig {
+        computers,
+        mobile_devices: computers / 4,
+        ..JamfConfig::default()
+    })
+    .await
 }
 
 impl JamfSim {
@@ -115,10 +129,18 @@ impl JamfSim {
                 "computers-inventory version {v} is not one Jamf has published (v1..v4)"
             );
         }
-        let fleet = Arc::new(Mutex::new(Fleet::generate(cfg.seed, cfg.computers, cfg.mobile_devices)));
+        let fleet = Arc::new(Mutex::new(Fleet::generate(
+            cfg.seed,
+            cfg.computers,
+            cfg.mobile_devices,
+        )));
         let cfg = Arc::new(cfg);
         let control = Control::default();
-        let state = AppState { fleet: fleet.clone(), control: control.clone(), cfg: cfg.clone() };
+        let state = AppState {
+            fleet: fleet.clone(),
+            control: control.clone(),
+            cfg: cfg.clone(),
+        };
         let router = Router::new()
             .route("/api/oauth/token", post(token))
             .route("/api/v1/oauth/token", post(token))
@@ -185,12 +207,23 @@ impl JamfSim {
 
     /// The Jamf id of computer `i`.
     pub fn computer_id(&self, i: usize) -> String {
-        self.fleet().computers[i]["id"].as_str().unwrap_or_default().to_string()
+        self.fleet().computers[i]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
-    /// The raw `hardware.serialNumber` of computer `i` (`None` when it is null; may be empty or a placeholder).
+    /// The serial computer `i` is keyed by in the register: `None` when the device has no usable
+    /// serial (null, empty or an OEM placeholder, as `normalize::serial` decides); otherwise the
+    /// normalised serial (the simulator's serials are already upper-case and trimmed).
     pub fn serial(&self, i: usize) -> Option<String> {
-        self.fleet().computers[i]["hardware"]["serialNumber"].as_str().map(str::to_string)
+        let raw = self.raw_serial(i);
+        raw.as_str().and_then(assetsync::normalize::serial)
+    }
+
+    /// The raw `hardware.serialNumber` of computer `i` as Jamf reports it (may be null, empty or a placeholder).
+    pub fn raw_serial(&self, i: usize) -> Value {
+        self.fleet().computers[i]["hardware"]["serialNumber"].clone()
     }
 
     /// Change computer `i`'s OS version, as a new inventory report would (the report date moves too).
@@ -275,9 +308,15 @@ impl JamfSim {
         self.fleet().mobiles.clone()
     }
 
-    /// The raw `hardware.serialNumber` of mobile device `i`.
+    /// The register key of mobile device `i` (`None` without a usable serial), like [`Self::serial`].
     pub fn mobile_serial(&self, i: usize) -> Option<String> {
-        self.fleet().mobiles[i]["hardware"]["serialNumber"].as_str().map(str::to_string)
+        let raw = self.raw_mobile_serial(i);
+        raw.as_str().and_then(assetsync::normalize::serial)
+    }
+
+    /// The raw `hardware.serialNumber` of mobile device `i` as Jamf reports it.
+    pub fn raw_mobile_serial(&self, i: usize) -> Value {
+        self.fleet().mobiles[i]["hardware"]["serialNumber"].clone()
     }
 
     /// Set any field of mobile device `i` by dotted path.
@@ -360,7 +399,9 @@ impl Fleet {
 
 /// The fleet's reference "now": timestamps are this minus a seeded offset, so runs are repeatable.
 fn epoch() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2025, 6, 2, 12, 0, 0).single().unwrap_or_else(Utc::now)
+    Utc.with_ymd_and_hms(2025, 6, 2, 12, 0, 0)
+        .single()
+        .unwrap_or_else(Utc::now)
 }
 
 /// Jamf's timestamp format: RFC 3339 UTC with milliseconds.
@@ -412,23 +453,73 @@ fn email_as_entered(seed: u64, i: usize, p: &fleet::Person) -> String {
     }
     let cap = |s: &str| -> String {
         let mut c = s.chars();
-        c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+        c.next()
+            .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+            .unwrap_or_default()
     };
     let (local, domain) = p.email.split_once('@').unwrap_or((&p.email, "example.com"));
     let local = local.split('.').map(cap).collect::<Vec<_>>().join(".");
     format!("{local}@{}", cap(domain))
 }
 
-const DEPARTMENTS: &[&str] = &["Engineering", "Design", "Finance", "Sales", "Marketing", "IT", "Legal", "Support"];
-const POSITIONS: &[&str] = &["Engineer", "Designer", "Accountant", "Account Executive", "Marketing Manager", "IT Technician", "Counsel", "Support Specialist"];
+const DEPARTMENTS: &[&str] = &[
+    "Engineering",
+    "Design",
+    "Finance",
+    "Sales",
+    "Marketing",
+    "IT",
+    "Legal",
+    "Support",
+];
+const POSITIONS: &[&str] = &[
+    "Engineer",
+    "Designer",
+    "Accountant",
+    "Account Executive",
+    "Marketing Manager",
+    "IT Technician",
+    "Counsel",
+    "Support Specialist",
+];
 
 /// (model, modelIdentifier, short name, code, desktop)
 const MAC_MODELS: &[(&str, &str, &str, &str, bool)] = &[
-    ("MacBook Pro (14-inch, 2023)", "Mac14,9", "MacBook Pro", "MBP", false),
-    ("MacBook Pro (16-inch, 2021)", "MacBookPro18,2", "MacBook Pro", "MBP", false),
-    ("MacBook Pro (16-inch, 2019)", "MacBookPro16,1", "MacBook Pro", "MBP", false),
-    ("MacBook Air (M2, 2022)", "Mac14,2", "MacBook Air", "MBA", false),
-    ("MacBook Air (M1, 2020)", "MacBookAir10,1", "MacBook Air", "MBA", false),
+    (
+        "MacBook Pro (14-inch, 2023)",
+        "Mac14,9",
+        "MacBook Pro",
+        "MBP",
+        false,
+    ),
+    (
+        "MacBook Pro (16-inch, 2021)",
+        "MacBookPro18,2",
+        "MacBook Pro",
+        "MBP",
+        false,
+    ),
+    (
+        "MacBook Pro (16-inch, 2019)",
+        "MacBookPro16,1",
+        "MacBook Pro",
+        "MBP",
+        false,
+    ),
+    (
+        "MacBook Air (M2, 2022)",
+        "Mac14,2",
+        "MacBook Air",
+        "MBA",
+        false,
+    ),
+    (
+        "MacBook Air (M1, 2020)",
+        "MacBookAir10,1",
+        "MacBook Air",
+        "MBA",
+        false,
+    ),
     ("iMac (24-inch, 2021)", "iMac21,1", "iMac", "IMAC", true),
     ("Mac mini (2023)", "Mac14,3", "Mac mini", "MINI", true),
     ("Mac Studio (2022)", "Mac13,1", "Mac Studio", "STUDIO", true),
@@ -467,19 +558,35 @@ fn gen_computer(seed: u64, i: usize, id: u64) -> Value {
         (0..=5, Some(p)) => format!("{}\u{2019}s {short}", p.first),
         (6, _) => format!("日本-Mac-{:04}", i),
         (7, Some(p)) => format!("{}-{short}", p.last),
-        _ => format!("{code}-{}-{:03}", dept.to_uppercase().chars().take(3).collect::<String>(), i % 1000),
+        _ => format!(
+            "{code}-{}-{:03}",
+            dept.to_uppercase().chars().take(3).collect::<String>(),
+            i % 1000
+        ),
     };
     let contact = epoch()
         - chrono::Duration::seconds(fleet::num(seed, i, 0xA16, 30 * 86_400) as i64)
         - chrono::Duration::milliseconds(fleet::num(seed, i, 0xA17, 1000) as i64);
     let report = contact - chrono::Duration::seconds(fleet::num(seed, i, 0xA18, 86_400) as i64);
     let enrolled = contact - chrono::Duration::days(30 + fleet::num(seed, i, 0xA19, 900) as i64);
-    let serial = maybe_missing_serial(seed, i, 0xA1A, apple_serial(&["C02", "FVF", "H4T", "K7Q", "G8W"], seed, i, 2_654_435_761));
+    let serial = maybe_missing_serial(
+        seed,
+        i,
+        0xA1A,
+        apple_serial(&["C02", "FVF", "H4T", "K7Q", "G8W"], seed, i, 2_654_435_761),
+    );
     let wifi = fleet::mac(seed, i, true);
     let alt = fleet::mac(seed ^ 0xA17A17, i, true);
     let r_mac = fleet::num(seed, i, 0xA1B, 100);
     let (mac, alt_mac) = if r_mac < 5 {
-        (if r_mac % 2 == 0 { Value::Null } else { json!("") }, json!(alt))
+        (
+            if r_mac & 1 == 0 {
+                Value::Null
+            } else {
+                json!("")
+            },
+            json!(alt),
+        )
     } else if desktop || r_mac < 30 {
         (json!(wifi), json!(alt))
     } else {
@@ -601,32 +708,78 @@ const MOBILE_MODELS: &[(&str, &str, &str, &str, u64)] = &[
     ("iPhone 15 Pro", "iPhone16,1", "MTUV3LL", "iPhone", 131_072),
     ("iPhone 14", "iPhone14,7", "MPUF3LL", "iPhone", 131_072),
     ("iPhone 13", "iPhone14,5", "MLMG3LL", "iPhone", 131_072),
-    ("iPhone SE (3rd generation)", "iPhone14,6", "MMX93LL", "iPhone", 65_536),
-    ("iPad Pro (11-inch) (4th generation)", "iPad14,3", "MNXE3LL", "iPad", 262_144),
-    ("iPad (10th generation)", "iPad13,18", "MPQ03LL", "iPad", 65_536),
-    ("iPad Air (5th generation)", "iPad13,16", "MM9C3LL", "iPad", 65_536),
-    ("iPad mini (6th generation)", "iPad14,1", "MK7M3LL", "iPad", 65_536),
+    (
+        "iPhone SE (3rd generation)",
+        "iPhone14,6",
+        "MMX93LL",
+        "iPhone",
+        65_536,
+    ),
+    (
+        "iPad Pro (11-inch) (4th generation)",
+        "iPad14,3",
+        "MNXE3LL",
+        "iPad",
+        262_144,
+    ),
+    (
+        "iPad (10th generation)",
+        "iPad13,18",
+        "MPQ03LL",
+        "iPad",
+        65_536,
+    ),
+    (
+        "iPad Air (5th generation)",
+        "iPad13,16",
+        "MM9C3LL",
+        "iPad",
+        65_536,
+    ),
+    (
+        "iPad mini (6th generation)",
+        "iPad14,1",
+        "MK7M3LL",
+        "iPad",
+        65_536,
+    ),
 ];
 
 /// (osVersion, osBuild)
-const IOS: &[(&str, &str)] = &[("18.5", "22F76"), ("18.3.2", "22D82"), ("18.1", "22B83"), ("17.5.1", "21F90"), ("16.7.8", "20H343")];
+const IOS: &[(&str, &str)] = &[
+    ("18.5", "22F76"),
+    ("18.3.2", "22D82"),
+    ("18.1", "22B83"),
+    ("17.5.1", "21F90"),
+    ("16.7.8", "20H343"),
+];
 
 fn gen_mobile(seed: u64, i: usize, id: u64) -> Value {
     let seed_m = seed ^ 0x0B11E;
-    let (model, model_id, model_no, short, capacity) = *fleet::pick(seed_m, i, 0xB11, MOBILE_MODELS);
+    let (model, model_id, model_no, short, capacity) =
+        *fleet::pick(seed_m, i, 0xB11, MOBILE_MODELS);
     let (os_version, os_build) = *fleet::pick(seed_m, i, 0xB12, IOS);
     let person = owner(seed_m, i, 0xB13, 15);
     let dept = *fleet::pick(seed_m, i, 0xB14, DEPARTMENTS);
     let name = match (fleet::num(seed_m, i, 0xB15, 10), &person) {
         (0..=6, Some(p)) => format!("{}\u{2019}s {short}", p.first),
         (7, _) => format!("会議室 {short} {:03}", i % 1000),
-        _ => format!("{short}-{}-{:03}", dept.to_uppercase().chars().take(3).collect::<String>(), i % 1000),
+        _ => format!(
+            "{short}-{}-{:03}",
+            dept.to_uppercase().chars().take(3).collect::<String>(),
+            i % 1000
+        ),
     };
     let inv = epoch()
         - chrono::Duration::seconds(fleet::num(seed_m, i, 0xB16, 20 * 86_400) as i64)
         - chrono::Duration::milliseconds(fleet::num(seed_m, i, 0xB17, 1000) as i64);
     let enrolled = inv - chrono::Duration::days(10 + fleet::num(seed_m, i, 0xB18, 700) as i64);
-    let serial = maybe_missing_serial(seed_m, i, 0xB1A, apple_serial(&["DMP", "F4G", "GG7", "DLX", "HX9"], seed, i, 3_266_489_917));
+    let serial = maybe_missing_serial(
+        seed_m,
+        i,
+        0xB1A,
+        apple_serial(&["DMP", "F4G", "GG7", "DLX", "HX9"], seed, i, 3_266_489_917),
+    );
     let wifi = match fleet::num(seed_m, i, 0xB1B, 100) {
         0 | 1 => Value::Null,
         2 | 3 => json!(""),
@@ -715,7 +868,9 @@ fn set_path(rec: &mut Value, path: &str, value: Value) {
             obj.insert((*part).to_string(), value);
             return;
         }
-        cur = obj.entry((*part).to_string()).or_insert_with(|| Value::Object(Map::new()));
+        cur = obj
+            .entry((*part).to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
     }
 }
 
@@ -751,8 +906,15 @@ fn api_error(status: StatusCode, code: &str, field: Option<&str>, description: &
 
 /// RFC 6749 §5.2 token error.
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    let mut r = (status, Json(json!({ "error": error, "error_description": description }))).into_response();
-    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    let mut r = (
+        status,
+        Json(json!({ "error": error, "error_description": description })),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     r
 }
 
@@ -762,22 +924,40 @@ async fn token(State(st): State<AppState>, body: Bytes) -> Response {
         Some("client_credentials") => {}
         None => {
             st.control.count_token_request();
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Missing grant_type parameter");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Missing grant_type parameter",
+            );
         }
         Some(_) => {
             st.control.count_token_request();
-            return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "Unsupported grant type");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "Unsupported grant type",
+            );
         }
     }
     let (Some(id), Some(secret)) = (form.get("client_id"), form.get("client_secret")) else {
         st.control.count_token_request();
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Missing client_id or client_secret");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Missing client_id or client_secret",
+        );
     };
     if *id != st.cfg.client_id || *secret != st.cfg.client_secret {
         st.control.count_token_request();
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Client authentication failed");
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Client authentication failed",
+        );
     }
-    let (tok, life) = st.control.issue_token("eyJhbGciOiJIUzI1NiJ9.", st.cfg.token_lifetime);
+    let (tok, life) = st
+        .control
+        .issue_token("eyJhbGciOiJIUzI1NiJ9.", st.cfg.token_lifetime);
     let expires_in = (life.as_secs_f64().ceil() as u64).saturating_sub(1).max(1);
     let mut r = Json(json!({
         "access_token": tok,
@@ -786,7 +966,10 @@ async fn token(State(st): State<AppState>, body: Bytes) -> Response {
         "expires_in": expires_in,
     }))
     .into_response();
-    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     r
 }
 
@@ -798,7 +981,12 @@ async fn prelude(st: &AppState, path: &str, headers: &HeaderMap) -> Option<Respo
     }
     match bearer(headers) {
         Some(t) if st.control.token_valid(&t) => None,
-        _ => Some(api_error(StatusCode::UNAUTHORIZED, "INVALID_TOKEN", None, "Unauthorized")),
+        _ => Some(api_error(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_TOKEN",
+            None,
+            "Unauthorized",
+        )),
     }
 }
 
@@ -806,18 +994,30 @@ async fn pro_version(State(st): State<AppState>, headers: HeaderMap) -> Response
     if let Some(r) = prelude(&st, "/api/v1/jamf-pro-version", &headers).await {
         return r;
     }
-    let v = if st.cfg.versions.contains(&"v4") { "11.30.0-t1760000000" } else { "11.14.1-t1738000000" };
+    let v = if st.cfg.versions.contains(&"v4") {
+        "11.30.0-t1760000000"
+    } else {
+        "11.14.1-t1738000000"
+    };
     Json(json!({ "version": v })).into_response()
 }
 
-async fn not_found(State(st): State<AppState>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+async fn not_found(
+    State(st): State<AppState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     let path = uri.path().to_string();
     if path.starts_with("/api/") {
         if let Some(r) = prelude(&st, &path, &headers).await {
             return r;
         }
     }
-    (StatusCode::NOT_FOUND, Json(json!({ "httpStatus": 404, "errors": [] }))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "httpStatus": 404, "errors": [] })),
+    )
+        .into_response()
 }
 
 /// Parsed common list parameters.
@@ -829,28 +1029,50 @@ struct ListQuery {
     filter: Option<String>,
 }
 
-fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, Response> {
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()).into_owned().collect();
-    let bad = |field: &str, msg: String| api_error(StatusCode::BAD_REQUEST, "INVALID_FIELD", Some(field), &msg);
-    let mut q = ListQuery { sections: Vec::new(), page: 0, page_size: DEFAULT_PAGE_SIZE, sort: None, filter: None };
+fn parse_list_query(raw: Option<&str>, max_page_size: usize) -> Result<ListQuery, Response> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let bad = |field: &str, msg: String| {
+        api_error(StatusCode::BAD_REQUEST, "INVALID_FIELD", Some(field), &msg)
+    };
+    let mut q = ListQuery {
+        sections: Vec::new(),
+        page: 0,
+        page_size: DEFAULT_PAGE_SIZE.min(max_page_size.max(1)),
+        sort: None,
+        filter: None,
+    };
     for (k, v) in pairs {
         match k.as_str() {
             // Spring binds both `section=A&section=B` and `section=A,B` to a list.
-            "section" => q.sections.extend(v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty())),
+            "section" => q.sections.extend(
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty()),
+            ),
             "page" => {
-                let n: i64 = v.trim().parse().map_err(|_| bad("page", format!("page must be a number, got {v:?}")))?;
+                let n: i64 = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("page", format!("page must be a number, got {v:?}")))?;
                 if n < 0 {
                     return Err(bad("page", "page must not be negative".into()));
                 }
                 q.page = n as usize;
             }
             "page-size" => {
-                let n: i64 = v.trim().parse().map_err(|_| bad("page-size", format!("page-size must be a number, got {v:?}")))?;
+                let n: i64 = v.trim().parse().map_err(|_| {
+                    bad(
+                        "page-size",
+                        format!("page-size must be a number, got {v:?}"),
+                    )
+                })?;
                 if n < 1 {
                     return Err(bad("page-size", "page-size must be at least 1".into()));
                 }
                 // Jamf silently clamps an oversized page (Jamf-Concepts/jamf-cli PR #389).
-                q.page_size = (n as usize).min(MAX_PAGE_SIZE);
+                q.page_size = (n as usize).min(max_page_size.max(1));
             }
             "sort" => q.sort = Some(v),
             "filter" => q.filter = Some(v).filter(|f| !f.trim().is_empty()),
@@ -866,18 +1088,49 @@ type FieldMap = fn(&str) -> Option<(&'static str, bool)>;
 /// Computers: nested names, per jamf-pro-sdk-python `api_options.py`. (path, numeric)
 fn computer_field(name: &str) -> Option<(&'static str, bool)> {
     const FIELDS: &[&str] = &[
-        "general.name", "udid", "general.assetTag", "general.barcode1", "general.barcode2",
-        "general.enrolledViaAutomatedDeviceEnrollment", "general.lastIpAddress", "general.itunesStoreAccountActive",
-        "general.jamfBinaryVersion", "general.lastContactTime", "general.lastEnrolledDate", "general.lastCloudBackupDate",
-        "general.reportDate", "general.lastReportedIp", "general.remoteManagement.managed",
-        "general.remoteManagement.managementUsername", "general.mdmCapable.capable", "general.mdmCertificateExpiration",
-        "general.platform", "general.supervised", "general.userApprovedMdm", "general.declarativeDeviceManagementEnabled",
-        "hardware.macAddress", "hardware.make", "hardware.model", "hardware.modelIdentifier", "hardware.serialNumber",
-        "operatingSystem.activeDirectoryStatus", "operatingSystem.fileVault2Status", "operatingSystem.build",
-        "operatingSystem.supplementalBuildVersion", "operatingSystem.rapidSecurityResponse", "operatingSystem.name",
-        "operatingSystem.version", "operatingSystem.softwareUpdateDeviceId", "userAndLocation.buildingId",
-        "userAndLocation.departmentId", "userAndLocation.email", "userAndLocation.realname", "userAndLocation.phone",
-        "userAndLocation.position", "userAndLocation.room", "userAndLocation.username",
+        "general.name",
+        "udid",
+        "general.assetTag",
+        "general.barcode1",
+        "general.barcode2",
+        "general.enrolledViaAutomatedDeviceEnrollment",
+        "general.lastIpAddress",
+        "general.itunesStoreAccountActive",
+        "general.jamfBinaryVersion",
+        "general.lastContactTime",
+        "general.lastEnrolledDate",
+        "general.lastCloudBackupDate",
+        "general.reportDate",
+        "general.lastReportedIp",
+        "general.remoteManagement.managed",
+        "general.remoteManagement.managementUsername",
+        "general.mdmCapable.capable",
+        "general.mdmCertificateExpiration",
+        "general.platform",
+        "general.supervised",
+        "general.userApprovedMdm",
+        "general.declarativeDeviceManagementEnabled",
+        "hardware.macAddress",
+        "hardware.make",
+        "hardware.model",
+        "hardware.modelIdentifier",
+        "hardware.serialNumber",
+        "operatingSystem.activeDirectoryStatus",
+        "operatingSystem.fileVault2Status",
+        "operatingSystem.build",
+        "operatingSystem.supplementalBuildVersion",
+        "operatingSystem.rapidSecurityResponse",
+        "operatingSystem.name",
+        "operatingSystem.version",
+        "operatingSystem.softwareUpdateDeviceId",
+        "userAndLocation.buildingId",
+        "userAndLocation.departmentId",
+        "userAndLocation.email",
+        "userAndLocation.realname",
+        "userAndLocation.phone",
+        "userAndLocation.position",
+        "userAndLocation.room",
+        "userAndLocation.username",
     ];
     if name == "id" {
         return Some(("id", true));
@@ -945,7 +1198,10 @@ fn sort_key(v: Option<&Value>, numeric: bool) -> SortKey {
         None | Some(Value::Null) => SortKey::Null,
         Some(Value::Number(n)) => SortKey::Num(n.as_f64().unwrap_or(0.0)),
         Some(Value::Bool(b)) => SortKey::Num(if *b { 1.0 } else { 0.0 }),
-        Some(Value::String(s)) if numeric => s.parse::<f64>().map(SortKey::Num).unwrap_or(SortKey::Str(s.to_lowercase())),
+        Some(Value::String(s)) if numeric => s
+            .parse::<f64>()
+            .map(SortKey::Num)
+            .unwrap_or(SortKey::Str(s.to_lowercase())),
         Some(Value::String(s)) => SortKey::Str(s.to_lowercase()),
         Some(other) => SortKey::Str(other.to_string()),
     }
@@ -972,11 +1228,21 @@ fn parse_sort(sort: &str, fields: FieldMap) -> Result<Vec<(&'static str, bool, b
             "asc" => false,
             "desc" => true,
             _ => {
-                return Err(api_error(StatusCode::BAD_REQUEST, "INVALID_FIELD", Some("sort"), &format!("sort direction must be asc or desc in {part:?}")))
+                return Err(api_error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_FIELD",
+                    Some("sort"),
+                    &format!("sort direction must be asc or desc in {part:?}"),
+                ))
             }
         };
         let Some((path, numeric)) = fields(name) else {
-            return Err(api_error(StatusCode::BAD_REQUEST, "INVALID_SORT_FIELD", Some("sort"), &format!("{name} is not a sortable field")));
+            return Err(api_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_SORT_FIELD",
+                Some("sort"),
+                &format!("{name} is not a sortable field"),
+            ));
         };
         out.push((path, numeric, desc));
     }
@@ -984,14 +1250,31 @@ fn parse_sort(sort: &str, fields: FieldMap) -> Result<Vec<(&'static str, bool, b
 }
 
 /// Filter, sort and slice a listing; returns (totalCount, the page's records).
-fn select(records: &[Value], q: &ListQuery, default_sort: &str, fields: FieldMap) -> Result<(usize, Vec<Value>), Response> {
+fn select(
+    records: &[Value],
+    q: &ListQuery,
+    default_sort: &str,
+    fields: FieldMap,
+) -> Result<(usize, Vec<Value>), Response> {
     let filter = match &q.filter {
         None => None,
         Some(f) => {
-            let expr = rsql::parse(f).map_err(|e| api_error(StatusCode::BAD_REQUEST, "INVALID_RSQL_FILTER", Some("filter"), &e))?;
-            let resolved = expr
-                .resolve(fields)
-                .map_err(|name| api_error(StatusCode::BAD_REQUEST, "INVALID_RSQL_FILTER_FIELD", Some("filter"), &format!("{name} is not a filterable field")))?;
+            let expr = rsql::parse(f).map_err(|e| {
+                api_error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_RSQL_FILTER",
+                    Some("filter"),
+                    &e,
+                )
+            })?;
+            let resolved = expr.resolve(fields).map_err(|name| {
+                api_error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_RSQL_FILTER_FIELD",
+                    Some("filter"),
+                    &format!("{name} is not a filterable field"),
+                )
+            })?;
             Some(resolved)
         }
     };
@@ -1000,7 +1283,14 @@ fn select(records: &[Value], q: &ListQuery, default_sort: &str, fields: FieldMap
         .iter()
         .enumerate()
         .filter(|(_, r)| filter.as_ref().is_none_or(|e| e.eval(&|p| get_path(r, p))))
-        .map(|(k, r)| (sort.iter().map(|(p, num, _)| sort_key(get_path(r, p), *num)).collect(), k))
+        .map(|(k, r)| {
+            (
+                sort.iter()
+                    .map(|(p, num, _)| sort_key(get_path(r, p), *num))
+                    .collect(),
+                k,
+            )
+        })
         .collect();
     matched.sort_by(|(a, ka), (b, kb)| {
         for (n, (_, _, desc)) in sort.iter().enumerate() {
@@ -1014,7 +1304,12 @@ fn select(records: &[Value], q: &ListQuery, default_sort: &str, fields: FieldMap
     });
     let total = matched.len();
     let start = q.page.saturating_mul(q.page_size);
-    let page = matched.iter().skip(start).take(q.page_size).map(|(_, k)| records[*k].clone()).collect();
+    let page = matched
+        .iter()
+        .skip(start)
+        .take(q.page_size)
+        .map(|(_, k)| records[*k].clone())
+        .collect();
     Ok((total, page))
 }
 
@@ -1064,7 +1359,11 @@ const MOBILE_SECTIONS: &[(&str, &str)] = &[
 ];
 
 /// Which section keys to fill: `sections` validated against `known` (`ALL` allowed for computers).
-fn wanted_sections(sections: &[String], known: &[(&str, &'static str)], allow_all: bool) -> Result<Vec<&'static str>, Response> {
+fn wanted_sections(
+    sections: &[String],
+    known: &[(&str, &'static str)],
+    allow_all: bool,
+) -> Result<Vec<&'static str>, Response> {
     if sections.is_empty() {
         return Ok(vec!["general"]);
     }
@@ -1077,7 +1376,12 @@ fn wanted_sections(sections: &[String], known: &[(&str, &'static str)], allow_al
         match known.iter().find(|(name, _)| *name == up) {
             Some((_, k)) => keys.push(*k),
             None => {
-                return Err(api_error(StatusCode::BAD_REQUEST, "INVALID_FIELD", Some("section"), &format!("{s} is not a section of this endpoint")))
+                return Err(api_error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_FIELD",
+                    Some("section"),
+                    &format!("{s} is not a section of this endpoint"),
+                ))
             }
         }
     }
@@ -1088,24 +1392,40 @@ fn wanted_sections(sections: &[String], known: &[(&str, &'static str)], allow_al
 fn project(rec: &Value, ids: &[&str], known: &[(&str, &'static str)], wanted: &[&str]) -> Value {
     let mut out = Map::new();
     for id in ids {
-        out.insert((*id).to_string(), rec.get(*id).cloned().unwrap_or(Value::Null));
+        out.insert(
+            (*id).to_string(),
+            rec.get(*id).cloned().unwrap_or(Value::Null),
+        );
     }
     for (_, key) in known {
-        let v = if wanted.contains(key) { rec.get(*key).cloned().unwrap_or(Value::Null) } else { Value::Null };
+        let v = if wanted.contains(key) {
+            rec.get(*key).cloned().unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
         out.insert((*key).to_string(), v);
     }
     Value::Object(out)
 }
 
-async fn computers(State(st): State<AppState>, Path(version): Path<String>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Response {
+async fn computers(
+    State(st): State<AppState>,
+    Path(version): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let path = format!("/api/{version}/computers-inventory");
     if let Some(r) = prelude(&st, &path, &headers).await {
         return r;
     }
     if !st.cfg.versions.iter().any(|v| *v == version) {
-        return (StatusCode::NOT_FOUND, Json(json!({ "httpStatus": 404, "errors": [] }))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "httpStatus": 404, "errors": [] })),
+        )
+            .into_response();
     }
-    let q = match parse_list_query(raw.as_deref()) {
+    let q = match parse_list_query(raw.as_deref(), st.cfg.max_page_size) {
         Ok(q) => q,
         Err(r) => return r,
     };
@@ -1137,11 +1457,15 @@ async fn computers(State(st): State<AppState>, Path(version): Path<String>, RawQ
     Json(json!({ "totalCount": total, "results": results })).into_response()
 }
 
-async fn mobile_detail(State(st): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Response {
+async fn mobile_detail(
+    State(st): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     if let Some(r) = prelude(&st, "/api/v2/mobile-devices/detail", &headers).await {
         return r;
     }
-    let q = match parse_list_query(raw.as_deref()) {
+    let q = match parse_list_query(raw.as_deref(), st.cfg.max_page_size) {
         Ok(q) => q,
         Err(r) => return r,
     };
@@ -1156,7 +1480,17 @@ async fn mobile_detail(State(st): State<AppState>, RawQuery(raw): RawQuery, head
             Err(r) => return r,
         }
     };
-    let results: Vec<Value> = page.iter().map(|rec| project(rec, &["mobileDeviceId", "deviceType"], MOBILE_SECTIONS, &wanted)).collect();
+    let results: Vec<Value> = page
+        .iter()
+        .map(|rec| {
+            project(
+                rec,
+                &["mobileDeviceId", "deviceType"],
+                MOBILE_SECTIONS,
+                &wanted,
+            )
+        })
+        .collect();
     Json(json!({ "totalCount": total, "results": results })).into_response()
 }
 
@@ -1180,11 +1514,15 @@ fn slim(seed: u64, rec: &Value) -> Value {
     })
 }
 
-async fn mobile_list(State(st): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Response {
+async fn mobile_list(
+    State(st): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     if let Some(r) = prelude(&st, "/api/v2/mobile-devices", &headers).await {
         return r;
     }
-    let q = match parse_list_query(raw.as_deref()) {
+    let q = match parse_list_query(raw.as_deref(), st.cfg.max_page_size) {
         Ok(q) => q,
         Err(r) => return r,
     };
@@ -1194,7 +1532,9 @@ async fn mobile_list(State(st): State<AppState>, RawQuery(raw): RawQuery, header
     };
     let q = ListQuery { filter: None, ..q };
     match select(&slims, &q, "id:asc", slim_field) {
-        Ok((total, results)) => Json(json!({ "totalCount": total, "results": results })).into_response(),
+        Ok((total, results)) => {
+            Json(json!({ "totalCount": total, "results": results })).into_response()
+        }
         Err(r) => r,
     }
 }
@@ -1228,7 +1568,12 @@ pub mod rsql {
     pub enum Expr {
         And(Vec<Expr>),
         Or(Vec<Expr>),
-        Cmp { field: String, op: Op, args: Vec<String>, numeric: bool },
+        Cmp {
+            field: String,
+            op: Op,
+            args: Vec<String>,
+            numeric: bool,
+        },
     }
 
     /// Parse a filter expression.
@@ -1238,7 +1583,10 @@ pub mod rsql {
         let e = p.or()?;
         p.ws();
         if p.i != chars.len() {
-            return Err(format!("unexpected {:?} at position {} of the filter", chars[p.i], p.i));
+            return Err(format!(
+                "unexpected {:?} at position {} of the filter",
+                chars[p.i], p.i
+            ));
         }
         Ok(e)
     }
@@ -1259,7 +1607,9 @@ pub mod rsql {
         }
         fn eat(&mut self, s: &str) -> bool {
             let n = s.chars().count();
-            if self.c.len() >= self.i + n && self.c[self.i..self.i + n].iter().copied().eq(s.chars()) {
+            if self.c.len() >= self.i + n
+                && self.c[self.i..self.i + n].iter().copied().eq(s.chars())
+            {
                 self.i += n;
                 true
             } else {
@@ -1277,7 +1627,11 @@ pub mod rsql {
                     break;
                 }
             }
-            Ok(if v.len() == 1 { v.remove(0) } else { Expr::Or(v) })
+            Ok(if v.len() == 1 {
+                v.remove(0)
+            } else {
+                Expr::Or(v)
+            })
         }
         fn and(&mut self) -> Result<Expr, String> {
             let mut v = vec![self.term()?];
@@ -1290,7 +1644,11 @@ pub mod rsql {
                     break;
                 }
             }
-            Ok(if v.len() == 1 { v.remove(0) } else { Expr::And(v) })
+            Ok(if v.len() == 1 {
+                v.remove(0)
+            } else {
+                Expr::And(v)
+            })
         }
         fn term(&mut self) -> Result<Expr, String> {
             self.ws();
@@ -1308,7 +1666,10 @@ pub mod rsql {
         }
         fn cmp(&mut self) -> Result<Expr, String> {
             let start = self.i;
-            while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_') {
+            while self
+                .peek()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+            {
                 self.i += 1;
             }
             if self.i == start {
@@ -1333,7 +1694,9 @@ pub mod rsql {
             } else if self.eat("=out=") {
                 Op::Out
             } else {
-                return Err(format!("expected an operator (==, !=, <, <=, >, >=, =in=, =out=) after {field}"));
+                return Err(format!(
+                    "expected an operator (==, !=, <, <=, >, >=, =in=, =out=) after {field}"
+                ));
             };
             self.ws();
             let args = if matches!(op, Op::In | Op::Out) {
@@ -1360,7 +1723,12 @@ pub mod rsql {
             } else {
                 vec![self.value()?]
             };
-            Ok(Expr::Cmp { field, op, args, numeric: false })
+            Ok(Expr::Cmp {
+                field,
+                op,
+                args,
+                numeric: false,
+            })
         }
         fn value(&mut self) -> Result<String, String> {
             self.ws();
@@ -1391,7 +1759,10 @@ pub mod rsql {
                 }
                 _ => {
                     let start = self.i;
-                    while self.peek().is_some_and(|c| !matches!(c, ';' | ',' | '(' | ')') && !c.is_whitespace()) {
+                    while self
+                        .peek()
+                        .is_some_and(|c| !matches!(c, ';' | ',' | '(' | ')') && !c.is_whitespace())
+                    {
                         self.i += 1;
                     }
                     if self.i == start {
@@ -1405,13 +1776,31 @@ pub mod rsql {
 
     impl Expr {
         /// Map every selector through `fields` (name → (record path, numeric)); `Err(name)` for an unknown one.
-        pub fn resolve(self, fields: fn(&str) -> Option<(&'static str, bool)>) -> Result<Expr, String> {
+        pub fn resolve(
+            self,
+            fields: fn(&str) -> Option<(&'static str, bool)>,
+        ) -> Result<Expr, String> {
             Ok(match self {
-                Expr::And(v) => Expr::And(v.into_iter().map(|e| e.resolve(fields)).collect::<Result<_, _>>()?),
-                Expr::Or(v) => Expr::Or(v.into_iter().map(|e| e.resolve(fields)).collect::<Result<_, _>>()?),
-                Expr::Cmp { field, op, args, .. } => {
+                Expr::And(v) => Expr::And(
+                    v.into_iter()
+                        .map(|e| e.resolve(fields))
+                        .collect::<Result<_, _>>()?,
+                ),
+                Expr::Or(v) => Expr::Or(
+                    v.into_iter()
+                        .map(|e| e.resolve(fields))
+                        .collect::<Result<_, _>>()?,
+                ),
+                Expr::Cmp {
+                    field, op, args, ..
+                } => {
                     let (path, numeric) = fields(&field).ok_or(field)?;
-                    Expr::Cmp { field: path.to_string(), op, args, numeric }
+                    Expr::Cmp {
+                        field: path.to_string(),
+                        op,
+                        args,
+                        numeric,
+                    }
                 }
             })
         }
@@ -1421,7 +1810,12 @@ pub mod rsql {
             match self {
                 Expr::And(v) => v.iter().all(|e| e.eval(get)),
                 Expr::Or(v) => v.iter().any(|e| e.eval(get)),
-                Expr::Cmp { field, op, args, numeric } => {
+                Expr::Cmp {
+                    field,
+                    op,
+                    args,
+                    numeric,
+                } => {
                     let val = get(field).unwrap_or(&Value::Null);
                     match op {
                         Op::Eq => matches(val, &args[0], *numeric),
@@ -1429,9 +1823,15 @@ pub mod rsql {
                         Op::In => args.iter().any(|a| matches(val, a, *numeric)),
                         Op::Out => !args.iter().any(|a| matches(val, a, *numeric)),
                         Op::Lt => compare(val, &args[0], *numeric) == Some(Ordering::Less),
-                        Op::Le => matches!(compare(val, &args[0], *numeric), Some(Ordering::Less | Ordering::Equal)),
+                        Op::Le => matches!(
+                            compare(val, &args[0], *numeric),
+                            Some(Ordering::Less | Ordering::Equal)
+                        ),
                         Op::Gt => compare(val, &args[0], *numeric) == Some(Ordering::Greater),
-                        Op::Ge => matches!(compare(val, &args[0], *numeric), Some(Ordering::Greater | Ordering::Equal)),
+                        Op::Ge => matches!(
+                            compare(val, &args[0], *numeric),
+                            Some(Ordering::Greater | Ordering::Equal)
+                        ),
                     }
                 }
             }
@@ -1452,7 +1852,10 @@ pub mod rsql {
         if let Ok(t) = DateTime::parse_from_rfc3339(s) {
             return Some(t.with_timezone(&Utc));
         }
-        NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)).map(|d| d.and_utc())
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|d| d.and_utc())
     }
 
     fn glob(pattern: &str, s: &str) -> bool {
@@ -1506,7 +1909,17 @@ pub mod rsql {
 
         fn run(filter: &str, rec: &Value) -> bool {
             let e = parse(filter).unwrap();
-            let e = e.resolve(|n| Some((if n == "name" { "general.name" } else { n }, n == "id"))).unwrap();
+            fn field(n: &str) -> Option<(&'static str, bool)> {
+                Some(match n {
+                    "name" => ("general.name", false),
+                    "id" => ("id", true),
+                    "general.reportDate" => ("general.reportDate", false),
+                    "general.managed" => ("general.managed", false),
+                    "x" => ("x", false),
+                    _ => return None,
+                })
+            }
+            let e = e.resolve(field).unwrap();
             e.eval(&|p| p.split('.').try_fold(rec, |c, k| c.get(k)))
         }
 
@@ -1550,37 +1963,105 @@ mod tests {
         let b = Fleet::generate(7, 2000, 500);
         assert_eq!(a.computers, b.computers);
         assert_eq!(a.mobiles, b.mobiles);
-        let serials: Vec<Option<&str>> = a.computers.iter().map(|c| c["hardware"]["serialNumber"].as_str()).collect();
-        let bad = serials.iter().filter(|s| assetsync::normalize::serial(s.unwrap_or("")).is_none()).count();
-        assert!((10..=80).contains(&bad), "about 2% without a usable serial, got {bad}");
-        let mut good: Vec<&str> = serials.iter().flatten().copied().filter(|s| assetsync::normalize::serial(s).is_some()).collect();
+        let serials: Vec<Option<&str>> = a
+            .computers
+            .iter()
+            .map(|c| c["hardware"]["serialNumber"].as_str())
+            .collect();
+        let bad = serials
+            .iter()
+            .filter(|s| assetsync::normalize::serial(s.unwrap_or("")).is_none())
+            .count();
+        assert!(
+            (10..=80).contains(&bad),
+            "about 2% without a usable serial, got {bad}"
+        );
+        let mut good: Vec<&str> = serials
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|s| assetsync::normalize::serial(s).is_some())
+            .collect();
         let n = good.len();
         good.sort();
         good.dedup();
         assert_eq!(good.len(), n, "serials are unique");
-        let no_wifi = a.computers.iter().filter(|c| c["hardware"]["macAddress"].as_str().unwrap_or("").is_empty()).count();
+        let no_wifi = a
+            .computers
+            .iter()
+            .filter(|c| {
+                c["hardware"]["macAddress"]
+                    .as_str()
+                    .unwrap_or("")
+                    .is_empty()
+            })
+            .count();
         assert!(no_wifi > 20, "{no_wifi}");
-        assert!(a.computers.iter().filter(|c| c["hardware"]["macAddress"].as_str().unwrap_or("").is_empty()).all(|c| c["hardware"]["altMacAddress"].is_string()));
-        let no_make = a.computers.iter().filter(|c| c["hardware"]["make"].as_str().unwrap_or("").is_empty()).count();
+        assert!(a
+            .computers
+            .iter()
+            .filter(|c| c["hardware"]["macAddress"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty())
+            .all(|c| c["hardware"]["altMacAddress"].is_string()));
+        let no_make = a
+            .computers
+            .iter()
+            .filter(|c| c["hardware"]["make"].as_str().unwrap_or("").is_empty())
+            .count();
         assert!(no_make > 10, "{no_make}");
-        let no_user = a.computers.iter().filter(|c| c["userAndLocation"]["email"] == "").count();
+        let no_user = a
+            .computers
+            .iter()
+            .filter(|c| c["userAndLocation"]["email"] == "")
+            .count();
         assert!(no_user > 50, "{no_user}");
         let mut emails: HashMap<String, usize> = HashMap::new();
         for c in &a.computers {
-            if let Some(e) = c["userAndLocation"]["email"].as_str().filter(|e| !e.is_empty()) {
+            if let Some(e) = c["userAndLocation"]["email"]
+                .as_str()
+                .filter(|e| !e.is_empty())
+            {
                 *emails.entry(e.to_lowercase()).or_default() += 1;
             }
         }
-        assert!(emails.values().any(|n| *n >= 2), "someone owns two computers");
-        assert!(a.computers.iter().any(|c| c["general"]["name"].as_str().unwrap_or("").contains('日')));
-        assert!(a.computers.iter().any(|c| c["userAndLocation"]["email"].as_str().unwrap_or("").chars().any(|ch| ch.is_uppercase())));
-        let ids: Vec<u64> = a.computers.iter().map(|c| c["id"].as_str().unwrap().parse().unwrap()).collect();
+        assert!(
+            emails.values().any(|n| *n >= 2),
+            "someone owns two computers"
+        );
+        assert!(a
+            .computers
+            .iter()
+            .any(|c| c["general"]["name"].as_str().unwrap_or("").contains('日')));
+        assert!(a.computers.iter().any(|c| c["userAndLocation"]["email"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .any(|ch| ch.is_uppercase())));
+        let ids: Vec<u64> = a
+            .computers
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().parse().unwrap())
+            .collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         assert!(ids.windows(2).any(|w| w[1] - w[0] > 1), "ids have gaps");
-        let mserials: Vec<&str> = a.mobiles.iter().filter_map(|m| m["hardware"]["serialNumber"].as_str()).collect();
-        assert!(mserials.iter().all(|s| !serials.contains(&Some(*s)) || assetsync::normalize::serial(s).is_none()));
-        assert!(a.mobiles.iter().any(|m| m["hardware"]["model"].as_str().unwrap().starts_with("iPad")));
-        assert!(a.mobiles.iter().any(|m| m["hardware"]["model"].as_str().unwrap().starts_with("iPhone")));
+        let mserials: Vec<&str> = a
+            .mobiles
+            .iter()
+            .filter_map(|m| m["hardware"]["serialNumber"].as_str())
+            .collect();
+        assert!(mserials
+            .iter()
+            .all(|s| !serials.contains(&Some(*s)) || assetsync::normalize::serial(s).is_none()));
+        assert!(a
+            .mobiles
+            .iter()
+            .any(|m| m["hardware"]["model"].as_str().unwrap().starts_with("iPad")));
+        assert!(a.mobiles.iter().any(|m| m["hardware"]["model"]
+            .as_str()
+            .unwrap()
+            .starts_with("iPhone")));
     }
 
     #[test]

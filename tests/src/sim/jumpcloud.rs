@@ -18,6 +18,8 @@
 //!   primary user, primary users that were deleted, unicode names. Person `i` is
 //!   [`fleet::person`]`(i)`, so emails match the other simulators.
 
+#![allow(clippy::result_large_err)] // handlers return ready-made error responses
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -115,6 +117,11 @@ const LOCATIONS: &[&str] = &[
     "Zürich",
 ];
 
+/// Whether `i` is a multiple of `n` (the fleet's "every n-th device" rule).
+fn every(i: usize, n: usize) -> bool {
+    i.checked_rem(n) == Some(0)
+}
+
 /// The `_id` of user `i`.
 pub fn user_id(seed: u64, i: usize) -> String {
     fleet::hex_id(seed ^ 0x00A1_1CE5, i, 24)
@@ -139,7 +146,7 @@ pub fn primary_user(i: usize, users: usize) -> Option<Option<usize>> {
 
 fn user_record(seed: u64, i: usize, n: usize, org: &str) -> Value {
     let p = fleet::person(i);
-    let email = if i % 13 == 0 {
+    let email = if every(i, 13) {
         // Some directories keep mixed case; the register lower-cases.
         let (local, domain) = p.email.split_once('@').unwrap_or((&p.email, "example.com"));
         format!(
@@ -158,9 +165,9 @@ fn user_record(seed: u64, i: usize, n: usize, org: &str) -> Value {
     } else {
         ("ACTIVATED", true, false)
     };
-    let manager = if i % 10 == 0 || n < 2 {
+    let manager = if every(i, 10) || n < 2 {
         None
-    } else if i % 2 == 0 {
+    } else if every(i, 2) {
         Some((i / 10) * 10)
     } else {
         Some(((i / 10) * 10 + 537) % n)
@@ -193,7 +200,7 @@ fn user_record(seed: u64, i: usize, n: usize, org: &str) -> Value {
     if i % 29 == 11 {
         // A legacy record: no `state`, only the flags.
         o.remove("state");
-        if i % 2 == 0 {
+        if every(i, 2) {
             o.insert("suspended".into(), json!(true));
         }
     }
@@ -295,12 +302,12 @@ fn system_record(seed: u64, i: usize, users: usize, org: &str) -> (Value, Option
         "serialNumber": serial,
         "hwVendor": vendor,
         "agentVersion": "1.163.0",
-        "active": i % 4 != 0,
+        "active": !every(i, 4),
         "created": "2023-11-02T15:40:11.000Z",
         "lastContact": last,
         "networkInterfaces": nics,
         "organization": org,
-        "fde": {"active": i % 3 != 0, "keyPresent": i % 3 != 0},
+        "fde": {"active": !every(i, 3), "keyPresent": !every(i, 3)},
     });
     let o = s.as_object_mut().expect("object");
     match primary_user(i, users) {
@@ -442,6 +449,11 @@ impl JumpCloudSim {
     pub fn reset_api_key(&self) -> String {
         let mut s = self.lock();
         reset_key(&mut s)
+    }
+
+    /// Make `key` the valid API key (e.g. put back the one the secret holds).
+    pub fn set_api_key(&self, key: &str) {
+        self.lock().api_key = key.to_string();
     }
 
     /// How often the key was reset (also by `Fault::ExpireTokens`).

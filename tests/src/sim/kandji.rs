@@ -79,7 +79,7 @@ pub struct KandjiSimConfig {
     /// `Retry-After` seconds on the rate-limit 429 (`None`: none, as documented).
     pub rate_retry_after: Option<u64>,
     pub prism_mode: PrismMode,
-    /// Apps per device are 2..=this (Apple TVs have fewer).
+    /// Apps per Apple device are 1..=this (capped by the catalogue; Windows and Android have none in Prism).
     pub max_apps_per_device: usize,
 }
 
@@ -276,11 +276,14 @@ const TV_APPS: &[(&str, &str, &[&str], &str)] =
     &[("Zoom Rooms", "us.zoom.zoomrooms", &["6.1.0"], "App Store")];
 
 fn platform_of(seed: u64, i: usize) -> &'static str {
-    match fleet::num(seed, i, 0x91A7, 20) {
-        0..=11 => "Mac",
-        12..=15 => "iPhone",
-        16..=18 => "iPad",
-        _ => "AppleTV",
+    match fleet::num(seed, i, 0x91A7, 40) {
+        0..=23 => "Mac",
+        24..=31 => "iPhone",
+        32..=36 => "iPad",
+        37 => "AppleTV",
+        // Iru also manages Windows and Android once enabled ("polymorphic" list).
+        38 => "Windows",
+        _ => "Android",
     }
 }
 
@@ -319,7 +322,8 @@ fn assignee(seed: u64, i: usize, platform: &str, users: usize) -> Option<usize> 
     Some(j % users)
 }
 
-fn make_device(seed: u64, i: usize, users: usize) -> SimDevice {
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` is newer than the workspace's rust-version
+fn make_device(seed: u64, i: usize, users: usize, max_apps: usize) -> SimDevice {
     let platform = platform_of(seed, i);
     let (models, oses, prefix): (&[&str], &[&str], &str) = match platform {
         "Mac" => (
@@ -348,6 +352,16 @@ fn make_device(seed: u64, i: usize, users: usize) -> SimDevice {
             &["17.5.1", "18.1"],
             "DMP",
         ),
+        "Windows" => (
+            &[
+                "Latitude 7440",
+                "ThinkPad X1 Carbon Gen 11",
+                "Surface Laptop 5",
+            ],
+            &["10.0.22631", "10.0.19045"],
+            "5CG",
+        ),
+        "Android" => (&["Pixel 8", "Galaxy S23"], &["14", "13"], "R58"),
         _ => (&["Apple TV 4K (3rd generation)"], &["17.5", "18.0"], "DY3"),
     };
     let model = *fleet::pick(seed, i, 0x30DE, models);
@@ -389,6 +403,8 @@ fn make_device(seed: u64, i: usize, users: usize) -> SimDevice {
             "AppleTV" => format!("Salle de réunion « Apple TV » {i}"),
             "iPad" => format!("Front Desk iPad {i}"),
             "iPhone" => format!("Loaner iPhone {i}"),
+            "Windows" => format!("KIOSK-{i:04}"),
+            "Android" => format!("Scanner {i}"),
             _ => format!("Build Mac {i}"),
         },
     };
@@ -431,15 +447,17 @@ fn make_device(seed: u64, i: usize, users: usize) -> SimDevice {
         "lost_mode_status": "",
         "tags": if is_mac { json!(["laptop"]) } else { json!([]) },
     });
+    // Prism's apps cover macOS, iOS, iPadOS and tvOS only.
     let catalog = match platform {
         "Mac" => MAC_APPS,
         "AppleTV" => TV_APPS,
-        _ => MOBILE_APPS,
+        "iPhone" | "iPad" => MOBILE_APPS,
+        _ => &[],
     };
     SimDevice {
         mac: fleet::mac(seed, i, true),
         ip: format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256),
-        apps: make_apps(seed, i, catalog, is_mac),
+        apps: make_apps(seed, i, catalog, is_mac, max_apps),
         list,
     }
 }
@@ -449,9 +467,13 @@ fn make_apps(
     i: usize,
     catalog: &[(&str, &str, &[&str], &str)],
     is_mac: bool,
+    max_apps: usize,
 ) -> Vec<Value> {
     let max = catalog.len();
-    let n = (2 + fleet::num(seed, i, 0xA995, max as u64) as usize).min(max);
+    if max == 0 {
+        return Vec::new();
+    }
+    let n = (1 + fleet::num(seed, i, 0xA995, max_apps.max(1) as u64) as usize).min(max);
     let start = fleet::num(seed, i, 0x5747, max as u64) as usize;
     (0..n)
         .map(|k| {
@@ -1029,7 +1051,7 @@ impl KandjiSim {
     /// Build the fleet and serve it on a loopback port.
     pub async fn start(cfg: KandjiSimConfig) -> anyhow::Result<Self> {
         let devices = (0..cfg.devices)
-            .map(|i| make_device(cfg.seed, i, cfg.users))
+            .map(|i| make_device(cfg.seed, i, cfg.users, cfg.max_apps_per_device))
             .collect();
         let users = (0..cfg.users).map(|j| make_user(cfg.seed, j)).collect();
         let control = Control::default();
@@ -1213,7 +1235,7 @@ impl KandjiSim {
         let mut f = self.fleet();
         let n = f.next_device;
         f.next_device += 1;
-        let d = make_device(f.cfg.seed, n, f.cfg.users);
+        let d = make_device(f.cfg.seed, n, f.cfg.users, f.cfg.max_apps_per_device);
         f.devices.push(d);
         f.devices.len() - 1
     }
@@ -1253,11 +1275,12 @@ mod tests {
 
     #[test]
     fn fleet_has_the_variants_tests_need() {
-        let devices: Vec<SimDevice> = (0..300).map(|i| make_device(42, i, 200)).collect();
+        let devices: Vec<SimDevice> = (0..300).map(|i| make_device(42, i, 200, 8)).collect();
         let plat = |p: &str| devices.iter().filter(|d| d.list["platform"] == p).count();
         assert!(
-            plat("Mac") > 100 && plat("iPhone") > 20 && plat("iPad") > 10 && plat("AppleTV") > 3
+            plat("Mac") > 100 && plat("iPhone") > 20 && plat("iPad") > 10 && plat("AppleTV") > 2
         );
+        assert!(plat("Windows") > 2 && plat("Android") > 2);
         assert!(
             devices.iter().any(|d| d.list["user"] == ""),
             "unassigned devices"

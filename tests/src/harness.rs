@@ -1,0 +1,214 @@
+//! End-to-end harness: the local stack (moto with the template deployed), the real fetcher and
+//! importer handlers driven in-process through the real queues, and DynamoDB request counting.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use assetsync::event::ConnectionEvent;
+use assetsync::fetcher::Fetcher;
+use assetsync::importer::Importer;
+use assetsync::local::LocalRunner;
+use assetsync::register::StoredRecord;
+use assetsync::runs::Runs;
+use assetsync::settings::Settings;
+use assetsync::store::Store;
+use assetsync::summary::RunSummary;
+use aws_sdk_dynamodb::operation::batch_write_item::BatchWriteItemInput;
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemInput;
+use aws_sdk_dynamodb::operation::put_item::PutItemInput;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemInput;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_types::config_bag::ConfigBag;
+use serde_json::Value;
+
+use crate::stack::LocalStack;
+
+/// Counts DynamoDB requests by operation, and write requests that touch register records.
+#[derive(Debug, Clone, Default)]
+pub struct DynamoCounter(Arc<Mutex<Counts>>);
+
+/// What [`DynamoCounter`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    pub by_op: HashMap<String, u64>,
+    /// Write requests that wrote at least one register record (`R#` items), history included.
+    pub record_writes: u64,
+}
+
+impl Counts {
+    /// All requests.
+    pub fn total(&self) -> u64 {
+        self.by_op.values().sum()
+    }
+    /// Requests of one operation.
+    pub fn op(&self, name: &str) -> u64 {
+        self.by_op.get(name).copied().unwrap_or(0)
+    }
+}
+
+fn pk_of(item: Option<&HashMap<String, AttributeValue>>) -> Option<String> {
+    item.and_then(|i| i.get("pk")).and_then(|v| v.as_s().ok()).cloned()
+}
+
+impl DynamoCounter {
+    /// A snapshot.
+    pub fn get(&self) -> Counts {
+        self.0.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+    /// Start counting from zero.
+    pub fn reset(&self) {
+        if let Ok(mut c) = self.0.lock() {
+            *c = Counts::default();
+        }
+    }
+}
+
+impl Intercept for DynamoCounter {
+    fn name(&self) -> &'static str {
+        "DynamoCounter"
+    }
+
+    fn read_before_execution(&self, ctx: &BeforeSerializationInterceptorContextRef<'_>, cfg: &mut ConfigBag) -> Result<(), BoxError> {
+        let op = cfg.load::<Metadata>().map(|m| m.name().to_string()).unwrap_or_default();
+        let input = ctx.input();
+        let mut pks: Vec<String> = Vec::new();
+        if let Some(i) = input.downcast_ref::<PutItemInput>() {
+            pks.extend(pk_of(i.item()));
+        } else if let Some(i) = input.downcast_ref::<UpdateItemInput>() {
+            pks.extend(pk_of(i.key()));
+        } else if let Some(i) = input.downcast_ref::<DeleteItemInput>() {
+            pks.extend(pk_of(i.key()));
+        } else if let Some(i) = input.downcast_ref::<BatchWriteItemInput>() {
+            for reqs in i.request_items().map(|m| m.values()).into_iter().flatten() {
+                for r in reqs {
+                    pks.extend(pk_of(r.put_request().map(|p| p.item())));
+                    pks.extend(pk_of(r.delete_request().map(|d| d.key())));
+                }
+            }
+        } else if let Some(i) = input.downcast_ref::<TransactWriteItemsInput>() {
+            for t in i.transact_items() {
+                pks.extend(pk_of(t.put().map(|p| p.item())));
+                pks.extend(pk_of(t.update().map(|u| u.key())));
+                pks.extend(pk_of(t.delete().map(|d| d.key())));
+            }
+        }
+        if let Ok(mut c) = self.0.lock() {
+            *c.by_op.entry(op).or_default() += 1;
+            if pks.iter().any(|p| p.starts_with("R#")) {
+                c.record_writes += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The local stack plus the real handlers, ready to sync.
+pub struct Harness {
+    pub stack: LocalStack,
+    pub sdk: aws_config::SdkConfig,
+    pub settings: Settings,
+    pub ddb: DynamoCounter,
+    pub runner: LocalRunner,
+    pub store: Store,
+    pub runs: Runs,
+}
+
+impl Harness {
+    /// Start moto, deploy the template, and build the handlers from the functions' environment.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`Harness::start`], letting the test adjust the settings (lease, time reserve...).
+    pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
+        std::env::set_var("ASSETSYNC_FAST_RETRY", "1");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
+        let stack = LocalStack::start().await?;
+        let sdk = stack.sdk_config().await;
+        let env: HashMap<String, String> = stack.function_env("importer").into_iter().collect();
+        let mut settings = Settings::from_lookup(|k| env.get(k).cloned()).context("the importer's environment from the template")?;
+        adjust(&mut settings);
+        let counter = DynamoCounter::default();
+        let ddb_conf = aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(counter.clone()).build();
+        let ddb = aws_sdk_dynamodb::Client::from_conf(ddb_conf);
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let fetcher = Fetcher::with_clients(settings.clone(), ddb.clone(), sqs.clone(), aws_sdk_secretsmanager::Client::new(&sdk));
+        let importer = Importer::new(settings.clone(), ddb.clone());
+        let store = Store::new(ddb, settings.table.clone());
+        let runs = Runs { store: store.clone(), lease_seconds: settings.lease_seconds };
+        let runner = LocalRunner { fetcher, importer, sqs, fetcher_budget: Duration::from_secs(900), max_wait: Duration::from_secs(300) };
+        Ok(Harness { stack, sdk, settings, ddb: counter, runner, store, runs })
+    }
+
+    /// Create or replace a secret.
+    pub async fn put_secret(&self, name: &str, value: &Value) -> anyhow::Result<()> {
+        let sm = aws_sdk_secretsmanager::Client::new(&self.sdk);
+        let text = value.to_string();
+        if sm.create_secret().name(name).secret_string(&text).send().await.is_err() {
+            sm.put_secret_value().secret_id(name).secret_string(&text).send().await.context("put secret")?;
+        }
+        Ok(())
+    }
+
+    /// Run a sync of `event` to its end.
+    pub async fn sync(&self, event: &Value) -> anyhow::Result<RunSummary> {
+        let ev = ConnectionEvent::parse(event.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.runner.sync(&ev, |_| {}).await.map_err(|e| anyhow::anyhow!("{}", assetsync::error::chain(&e)))
+    }
+
+    /// Invoke the fetcher with a raw payload (as `aws lambda invoke` would), no draining.
+    pub async fn invoke_fetcher(&self, payload: Value) -> Result<Value, assetsync::error::SyncError> {
+        self.runner.fetcher.handle(payload, Some(std::time::Instant::now() + Duration::from_secs(900))).await
+    }
+
+    /// One register record.
+    pub async fn record(&self, object_type: &str, key: &str) -> anyhow::Result<Option<StoredRecord>> {
+        Ok(self.store.record(object_type, key).await?)
+    }
+
+    /// Every register record of a type (scan; tests only).
+    pub async fn all_records(&self, object_type: &str) -> anyhow::Result<Vec<StoredRecord>> {
+        let prefix = format!("R#{object_type}#");
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .store
+                .ddb
+                .scan()
+                .table_name(&self.settings.table)
+                .filter_expression("begins_with(pk, :p) AND sk = :s")
+                .expression_attribute_values(":p", AttributeValue::S(prefix.clone()))
+                .expression_attribute_values(":s", AttributeValue::S("#".into()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await?;
+            for item in page.items.unwrap_or_default() {
+                out.push(assetsync::store::from_item(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A connection event as JSON.
+pub fn event(connection: &str, source: &str, secret_id: &str, object_type: &str) -> Value {
+    serde_json::json!({
+        "connection": connection, "source": source, "secret_id": secret_id,
+        "object_type": object_type, "mode": "create-update", "action": "sync"
+    })
+}
