@@ -104,6 +104,12 @@ impl Importer {
     /// Import one page (idempotent: a redelivered page changes nothing and counts nothing).
     pub async fn import_page(&self, msg: &PageMessage) -> Result<(), SyncError> {
         let page_id = msg.page_id();
+        if self.runs.get(&msg.run_id).await?.is_none() {
+            // A hand-made or stray page: its records are still worth importing, but there is no
+            // run to count them into (and no marker, so nothing pretends it was counted).
+            tracing::warn!(run_id = %msg.run_id, "page of an unknown run: importing its records without counting them");
+            return self.import_uncounted(msg).await;
+        }
         let existing = self.runs.marker(&msg.run_id, &page_id).await?;
         if existing.as_ref().is_some_and(|m| m.status != "planned") {
             self.runs.try_finish(&msg.run_id).await?;
@@ -237,6 +243,33 @@ impl Importer {
         let counted = self.runs.complete_page(&msg.run_id, &page_id, &final_plan, false).await?;
         tracing::info!(counted, created = final_plan.counts.created, updated = final_plan.counts.updated, unchanged = final_plan.counts.unchanged, "page imported");
         self.runs.try_finish(&msg.run_id).await?;
+        Ok(())
+    }
+
+    async fn import_uncounted(&self, msg: &PageMessage) -> Result<(), SyncError> {
+        let (kept, _) = dedupe_page(msg.records.iter().filter(|r| r.key.is_some()).cloned().collect());
+        let keys: Vec<String> = kept.iter().filter_map(|r| r.key.clone()).collect();
+        let stored = self.store.records(msg.object_type.as_str(), &keys).await?;
+        let precedence = self.settings.precedence.clone();
+        let w = Writer { connection: &msg.connection, source: msg.source.as_str(), run_id: &msg.run_id, mode: msg.mode, object_type: msg.object_type, precedence: &precedence };
+        let decisions: Vec<Decision> = kept.iter().map(|r| decide(r, r.key.as_ref().and_then(|k| stored.get(k)), &w)).collect();
+        let emails = self.load_emails(msg.object_type, &kept, &decisions, &stored).await?;
+        let updates = std::sync::Mutex::new(BTreeMap::new());
+        let creates = decisions.iter().filter(|d| **d == Decision::Create).count() as u64;
+        let mut tag = if creates > 0 && msg.object_type == ObjectType::Hardware { self.store.take_sequence("asset_tag", creates).await? } else { 0 };
+        let ts = now();
+        let mut history = Vec::new();
+        for (r, d) in kept.iter().zip(decisions) {
+            let key = r.key.clone().unwrap_or_default();
+            let is_create = d == Decision::Create;
+            if let Some((changes, _, action)) = self.apply(r, d, stored.get(&key).cloned(), &w, &emails, &updates, tag, &ts, "uncounted").await? {
+                history.push(history_item(msg.object_type, &key, &ts, &w, "uncounted", action, &changes)?);
+            }
+            if is_create {
+                tag += 1;
+            }
+        }
+        self.store.batch_put(history).await?;
         Ok(())
     }
 
@@ -574,7 +607,7 @@ pub struct HistoryEntry {
     pub changes: Vec<Change>,
 }
 
-fn history_item(ot: ObjectType, key: &str, ts: &str, w: &Writer<'_>, page_id: &str, action: &str, changes: &[Change]) -> Result<Item, AwsError> {
+pub fn history_item(ot: ObjectType, key: &str, ts: &str, w: &Writer<'_>, page_id: &str, action: &str, changes: &[Change]) -> Result<Item, AwsError> {
     let entry = HistoryEntry { at: ts.to_string(), connection: w.connection.to_string(), run_id: w.run_id.to_string(), action: action.to_string(), changes: changes.to_vec() };
     to_item(&record_pk(ot.as_str(), key), &format!("H#{ts}#{}#{page_id}#{action}", w.run_id), &entry)
 }

@@ -88,7 +88,7 @@ async fn people_devices_and_apps_sync_and_resync() -> anyhow::Result<()> {
             r.a
         );
         assert_eq!(
-            r.a.get("Manufacturer").is_some(),
+            r.a.contains_key("Manufacturer"),
             !matches!(
                 r.a.get("OS Name").map(String::as_str),
                 Some("Windows" | "Android")
