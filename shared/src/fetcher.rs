@@ -112,7 +112,7 @@ impl Fetcher {
             Err(e) => return Err(e),
         };
         tracing::info!(run_id = %run.run_id, connection = %event.connection, "sync run started");
-        self.fetch_loop(event, &mapping, connector.as_ref(), run, deadline).await
+        self.fetch_loop(event, &mapping, connector, run, deadline).await
     }
 
     /// Continue a run handed over through the fetch queue.
@@ -129,15 +129,16 @@ impl Fetcher {
         }
         let mapping = resolve_mapping(&cont.event)?;
         let connector = self.connector(&cont.event, &mapping, false).await?;
-        self.fetch_loop(&cont.event, &mapping, connector.as_ref(), run, deadline).await
+        self.fetch_loop(&cont.event, &mapping, connector, run, deadline).await
     }
 
-    async fn fetch_loop(&self, event: &ConnectionEvent, mapping: &Mapping, connector: &dyn Connector, mut run: RunItem, deadline: Option<Instant>) -> Result<Value, SyncError> {
+    async fn fetch_loop(&self, event: &ConnectionEvent, mapping: &Mapping, mut connector: Box<dyn Connector>, mut run: RunItem, deadline: Option<Instant>) -> Result<Value, SyncError> {
         let mut cursor: Option<Cursor> = match &run.cursor {
             Some(c) => Some(Cursor(serde_json::from_str(c).map_err(|e| SyncError::Other(format!("stored cursor is unreadable: {e}")))?)),
             None => None,
         };
         let mut last_http = HttpCounts::default();
+        let mut reread_secret = false;
         loop {
             if let Some(d) = deadline {
                 if d.saturating_duration_since(Instant::now()) < self.settings.time_reserve {
@@ -148,11 +149,18 @@ impl Fetcher {
             }
             let page = match connector.fetch_page(cursor.as_ref()).await {
                 Ok(p) => p,
+                Err(ConnectorError::Auth { .. }) if !reread_secret => {
+                    // The credential may have been rotated: read the secret afresh and retry once.
+                    reread_secret = true;
+                    connector = self.connector(event, mapping, true).await?;
+                    last_http = HttpCounts::default();
+                    continue;
+                }
                 Err(e) => return self.fetch_failed(event, &run, e).await,
             };
             let page_no = run.next_page;
             let raw_count = page.records.len() as u64;
-            let (records, skipped) = map_page(mapping, connector, &page.records, event.object_type);
+            let (records, skipped) = map_page(mapping, connector.as_ref(), &page.records, event.object_type);
             drop(page.records);
             let chunks = split_page(&run, event, page_no, records, skipped)?;
             for body in &chunks {
@@ -164,6 +172,7 @@ impl Fetcher {
                     .await
                     .map_err(|e| AwsError::Sqs { op: "SendMessage", detail: DisplayErrorContext(e).to_string() })?;
             }
+            crate::failpoint::hit("fetcher.after_send")?;
             let http = connector.http_counts();
             let delta = HttpCounts {
                 requests: http.requests - last_http.requests,
@@ -174,6 +183,7 @@ impl Fetcher {
             last_http = http;
             let next_text = page.next.as_ref().map(|c| c.0.to_string());
             run = self.runs.checkpoint(&run.run_id, page_no, chunks.len() as u64, raw_count, next_text, page.total, delta).await?;
+            crate::failpoint::hit("fetcher.after_checkpoint")?;
             self.runs.heartbeat(&run).await?;
             tracing::info!(run_id = %run.run_id, page = page_no, records = raw_count, messages = chunks.len(), "page sent");
             cursor = page.next;

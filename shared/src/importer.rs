@@ -174,6 +174,7 @@ impl Importer {
             }
         };
 
+        crate::failpoint::hit("importer.after_plan")?;
         // Apply. Writes converge: a retry re-reads and re-decides, so nothing is written twice.
         let mut history: Vec<Item> = Vec::new();
         let mut members: Vec<Item> = Vec::new();
@@ -240,7 +241,9 @@ impl Importer {
             take_from_outcomes(&mut final_plan.counts, failed);
             final_plan.errors.extend(new_errors);
         }
+        crate::failpoint::hit("importer.after_writes")?;
         let counted = self.runs.complete_page(&msg.run_id, &page_id, &final_plan, false).await?;
+        crate::failpoint::hit("importer.after_count")?;
         tracing::info!(counted, created = final_plan.counts.created, updated = final_plan.counts.updated, unchanged = final_plan.counts.unchanged, "page imported");
         self.runs.try_finish(&msg.run_id).await?;
         Ok(())

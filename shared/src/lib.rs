@@ -20,3 +20,5 @@ pub mod importer;
 pub mod fetcher;
 pub mod telemetry;
 pub mod local;
+pub mod console;
+pub mod failpoint;

@@ -31,8 +31,9 @@ use serde_json::Value;
 use crate::stack::LocalStack;
 
 /// Counts DynamoDB requests by operation, and write requests that touch register records.
+/// It can also make reads of chosen items fail, to create poison pages.
 #[derive(Debug, Clone, Default)]
-pub struct DynamoCounter(Arc<Mutex<Counts>>);
+pub struct DynamoCounter(Arc<Mutex<Counts>>, Arc<Mutex<std::collections::HashSet<String>>>);
 
 /// What [`DynamoCounter`] saw.
 #[derive(Debug, Clone, Default)]
@@ -62,6 +63,20 @@ impl DynamoCounter {
     pub fn get(&self) -> Counts {
         self.0.lock().map(|c| c.clone()).unwrap_or_default()
     }
+    /// Make every BatchGetItem that reads item `pk` fail (until [`DynamoCounter::cure`]).
+    pub fn poison(&self, pk: &str) {
+        if let Ok(mut p) = self.1.lock() {
+            p.insert(pk.to_string());
+        }
+    }
+
+    /// Stop failing reads.
+    pub fn cure(&self) {
+        if let Ok(mut p) = self.1.lock() {
+            p.clear();
+        }
+    }
+
     /// Start counting from zero.
     pub fn reset(&self) {
         if let Ok(mut c) = self.0.lock() {
@@ -76,8 +91,8 @@ impl Intercept for DynamoCounter {
     }
 
     fn read_before_execution(&self, ctx: &BeforeSerializationInterceptorContextRef<'_>, cfg: &mut ConfigBag) -> Result<(), BoxError> {
-        let op = cfg.load::<Metadata>().map(|m| m.name().to_string()).unwrap_or_default();
         let input = ctx.input();
+        let op = cfg.load::<Metadata>().map(|m| m.name().to_string()).filter(|n| !n.is_empty()).unwrap_or_else(|| op_name(input));
         let mut pks: Vec<String> = Vec::new();
         if let Some(i) = input.downcast_ref::<PutItemInput>() {
             pks.extend(pk_of(i.item()));
@@ -99,6 +114,18 @@ impl Intercept for DynamoCounter {
                 pks.extend(pk_of(t.delete().map(|d| d.key())));
             }
         }
+        if let Some(i) = input.downcast_ref::<aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemInput>() {
+            let poisoned = self.1.lock().map(|p| p.clone()).unwrap_or_default();
+            if !poisoned.is_empty() {
+                let hit = i
+                    .request_items()
+                    .map(|m| m.values().flat_map(|ka| ka.keys().iter()).filter_map(|k| pk_of(Some(k))).any(|pk| poisoned.contains(&pk)))
+                    .unwrap_or(false);
+                if hit {
+                    return Err("injected read failure (poison page)".into());
+                }
+            }
+        }
         if let Ok(mut c) = self.0.lock() {
             *c.by_op.entry(op).or_default() += 1;
             if pks.iter().any(|p| p.starts_with("R#")) {
@@ -107,6 +134,32 @@ impl Intercept for DynamoCounter {
         }
         Ok(())
     }
+}
+
+fn op_name(input: &aws_smithy_runtime_api::client::interceptors::context::Input) -> String {
+    use aws_sdk_dynamodb::operation::{batch_get_item::BatchGetItemInput, get_item::GetItemInput, query::QueryInput, scan::ScanInput};
+    let name = if input.downcast_ref::<PutItemInput>().is_some() {
+        "PutItem"
+    } else if input.downcast_ref::<UpdateItemInput>().is_some() {
+        "UpdateItem"
+    } else if input.downcast_ref::<DeleteItemInput>().is_some() {
+        "DeleteItem"
+    } else if input.downcast_ref::<BatchWriteItemInput>().is_some() {
+        "BatchWriteItem"
+    } else if input.downcast_ref::<TransactWriteItemsInput>().is_some() {
+        "TransactWriteItems"
+    } else if input.downcast_ref::<BatchGetItemInput>().is_some() {
+        "BatchGetItem"
+    } else if input.downcast_ref::<GetItemInput>().is_some() {
+        "GetItem"
+    } else if input.downcast_ref::<QueryInput>().is_some() {
+        "Query"
+    } else if input.downcast_ref::<ScanInput>().is_some() {
+        "Scan"
+    } else {
+        "other"
+    };
+    name.to_string()
 }
 
 /// The local stack plus the real handlers, ready to sync.

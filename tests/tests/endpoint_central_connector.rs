@@ -321,13 +321,13 @@ async fn malformed_json_fails_the_page_clearly_and_the_page_retry_recovers() {
 
     // A broken list page: a clear error naming the path; the same page again succeeds.
     sim.control().inject(Fault::MalformedJson);
-    let e = c.fetch_page(None).await.err().expect("malformed list page");
+    let e = c.fetch_page(None).await.expect_err("malformed list page");
     assert!(matches!(e, ConnectorError::Malformed { .. }), "{e}");
     assert!(e.to_string().contains("/api/1.4/som/computers"), "{e}");
 
     // A broken detail answer fails the page too; details fetched before it are kept in the cache.
     sim.control().inject_after(60, Fault::MalformedJson);
-    let e = c.fetch_page(None).await.err().expect("malformed detail");
+    let e = c.fetch_page(None).await.expect_err("malformed detail");
     assert!(e.to_string().contains("compdetailssummary"), "{e}");
     let before = sim.detail_requests();
     let page = c.fetch_page(None).await.unwrap();
@@ -388,7 +388,7 @@ async fn wrong_credentials_give_clear_errors() {
             let c = connectors::build(SourceKind::EndpointCentral, &secret, ctx_with(st, &[]))
                 .await
                 .unwrap();
-            c.fetch_page(None).await.err().expect("refused")
+            c.fetch_page(None).await.expect_err("refused")
         }
     };
 
@@ -522,13 +522,13 @@ async fn zoho_refresh_cap_is_respected_and_reported() {
     assert_eq!(sim.zoho_refreshes(), 10);
     let state: Arc<dyn StateStore> = Arc::new(MemoryState::default());
     let c = build(&sim, EcAuth::Zoho, state.clone(), &[]).await;
-    let e = c.fetch_page(None).await.err().expect("blocked");
+    let e = c.fetch_page(None).await.expect_err("blocked");
     assert!(e.is_retryable(), "{e}");
     assert!(e.to_string().contains("10 refreshes per 10 minutes"), "{e}");
     let refusals = sim.zoho_refusals();
     // Other fetchers of that connection do not knock again during the block.
     let c = build(&sim, EcAuth::Zoho, state, &[]).await;
-    let e = c.fetch_page(None).await.err().expect("still blocked");
+    let e = c.fetch_page(None).await.expect_err("still blocked");
     assert!(e.to_string().contains("refuses new access tokens"), "{e}");
     assert_eq!(sim.zoho_refusals(), refusals);
 }

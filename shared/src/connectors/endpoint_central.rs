@@ -595,6 +595,7 @@ fn some_secret(s: &Option<SecretString>) -> bool {
 
 impl EndpointCentral {
     /// Build from the secret (see the module docs for the fields).
+    #[allow(clippy::new_ret_no_self)]
     pub fn new(
         secret: &Value,
         ctx: ConnectorContext,

@@ -1,0 +1,133 @@
+//! Human output: run summaries, the runs table, JSON printing.
+
+use std::io::Write;
+
+use assetsync::console::{one_line, table};
+use assetsync::summary::RunSummary;
+use chrono::DateTime;
+use serde::Serialize;
+
+/// Print one JSON document on stdout.
+pub fn json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    Ok(())
+}
+
+/// Seconds between two RFC 3339 times.
+pub fn seconds_between(start: &str, end: Option<&str>) -> Option<i64> {
+    let s = DateTime::parse_from_rfc3339(start).ok()?;
+    let e = DateTime::parse_from_rfc3339(end?).ok()?;
+    Some((e - s).num_seconds())
+}
+
+/// A run summary for people. `max_errors`: how many errors to list (`None`: all).
+pub fn summary_text(s: &RunSummary, max_errors: Option<usize>) -> String {
+    let mut out = String::new();
+    let c = &s.counts;
+    out.push_str(&format!("run       {}\n", s.run_id));
+    out.push_str(&format!("connection {} ({}, {}, {})\n", s.connection, s.source, s.object_type, s.mode));
+    out.push_str(&format!("status    {}\n", s.status.as_str()));
+    let took = seconds_between(&s.started_at, s.finished_at.as_deref()).map(|x| format!(" ({x} s)")).unwrap_or_default();
+    out.push_str(&format!("started   {}   finished {}{}\n", s.started_at, s.finished_at.as_deref().unwrap_or("-"), took));
+    out.push_str(&format!("pages     fetched {}, imported {}, dead-lettered {}\n", s.pages.fetched, s.pages.imported, s.pages.dead));
+    let total = s.vendor_total.map(|t| format!(" of {t} the vendor reported")).unwrap_or_default();
+    out.push_str(&format!("records   fetched {}{}\n", s.records_fetched, total));
+    out.push_str(&format!(
+        "counts    created {}  updated {}  unchanged {}  skipped {}  not found {}  missing {}  duplicate {}  errors {}\n",
+        c.created, c.updated, c.unchanged, c.skipped, c.not_found, c.missing, c.duplicate, c.errors
+    ));
+    out.push_str(&format!("vendor    {} requests, {} throttled ({} ms waited)\n", s.vendor_requests, s.throttled, s.throttle_wait_ms));
+    if let Some(m) = &s.message {
+        out.push_str(&format!("message   {m}\n"));
+    }
+    if !s.errors.is_empty() {
+        let shown = max_errors.unwrap_or(usize::MAX).min(s.errors.len());
+        out.push_str(&format!("errors and skipped records ({}):\n", s.errors.len()));
+        for e in &s.errors[..shown] {
+            out.push_str(&format!("  {}: {}\n", one_line(&e.key), e.reason));
+        }
+        if shown < s.errors.len() {
+            out.push_str(&format!("  … and {} more (`assetsync runs show {}` lists all)\n", s.errors.len() - shown, s.run_id));
+        }
+    }
+    out
+}
+
+/// The runs table (the columns local-sync.sh's final summary shows).
+pub fn runs_table(runs: &[RunSummary]) -> String {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|s| {
+            let c = &s.counts;
+            vec![
+                s.connection.clone(),
+                s.source.clone(),
+                s.object_type.clone(),
+                s.status.as_str().to_string(),
+                c.created.to_string(),
+                c.updated.to_string(),
+                c.unchanged.to_string(),
+                c.skipped.to_string(),
+                c.duplicate.to_string(),
+                c.missing.to_string(),
+                c.errors.to_string(),
+                seconds_between(&s.started_at, s.finished_at.as_deref()).map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
+                s.run_id.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["connection", "source", "type", "status", "created", "updated", "unchanged", "skipped", "duplicate", "missing", "errors", "seconds", "run"],
+        &rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use assetsync::summary::{Counts, Pages, RecordError, Status};
+
+    fn summary() -> RunSummary {
+        RunSummary {
+            run_id: "r1".into(),
+            connection: "jamf-prod".into(),
+            source: "jamf".into(),
+            status: Status::SucceededWithErrors,
+            started_at: "2024-06-20T09:00:00Z".into(),
+            finished_at: Some("2024-06-20T09:00:12Z".into()),
+            pages: Pages { fetched: 5, imported: 5, dead: 0 },
+            counts: Counts { created: 3, errors: 1, ..Default::default() },
+            errors: vec![RecordError { key: "C02".into(), reason: "boom".into() }, RecordError { key: "C03".into(), reason: "bang".into() }],
+            object_type: "Hardware".into(),
+            mode: "create-update".into(),
+            records_fetched: 4,
+            vendor_total: Some(4),
+            vendor_requests: 3,
+            throttled: 0,
+            throttle_wait_ms: 0,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn summary_lists_errors() {
+        let t = summary_text(&summary(), Some(1));
+        assert!(t.contains("succeeded_with_errors"), "{t}");
+        assert!(t.contains("(12 s)"), "{t}");
+        assert!(t.contains("C02: boom") && !t.contains("C03"), "{t}");
+        assert!(t.contains("and 1 more"), "{t}");
+        assert!(summary_text(&summary(), None).contains("C03: bang"));
+    }
+
+    #[test]
+    fn table_has_the_columns() {
+        let t = runs_table(&[summary()]);
+        let header = t.lines().next().unwrap();
+        for c in ["connection", "source", "type", "status", "created", "updated", "unchanged", "skipped", "duplicate", "missing", "errors", "seconds"] {
+            assert!(header.contains(c), "{header}");
+        }
+        assert!(t.lines().nth(2).unwrap().contains("12"), "{t}");
+    }
+}
