@@ -113,7 +113,8 @@ fn print_summary(g: &Global, s: &RunSummary) -> anyhow::Result<()> {
     }
 }
 
-fn local_runner(target: &Target) -> LocalRunner {
+/// The real handlers, driven against the target's queues.
+pub fn local_runner_for(target: &Target) -> LocalRunner {
     let ddb = target.ddb();
     let sqs = target.sqs();
     let fetcher = Fetcher::with_clients(target.settings.clone(), ddb.clone(), sqs.clone(), aws_sdk_secretsmanager::Client::new(&target.sdk));
@@ -137,7 +138,7 @@ fn started_run(answer: &Value) -> anyhow::Result<String> {
 /// Run the handlers in this process: the fetcher in one task while the importer drains the
 /// records queue in another (as the event source mapping would), then both queues until the end.
 async fn sync_in_process(target: &Target, value: Value, event: &ConnectionEvent) -> anyhow::Result<RunSummary> {
-    let runner = Arc::new(local_runner(target));
+    let runner = Arc::new(local_runner_for(target));
     let mut progress = Progress::new(&event.connection);
     let fetch_done = Arc::new(AtomicBool::new(false));
     let fetch = {
@@ -255,7 +256,7 @@ pub async fn sample_or_test(g: &Global, path: &Path, action: Action) -> anyhow::
     let (value, event) = read_event(path, action)?;
     let target = Target::resolve(g).await?;
     let answer = if target.in_process(g) {
-        let fetcher = local_runner(&target).fetcher;
+        let fetcher = local_runner_for(&target).fetcher;
         fetcher.handle(value, Some(Instant::now() + FETCHER_BUDGET)).await.map_err(|e| anyhow!("{}", chain(&e)))?
     } else {
         let function = fetcher_function(&target)?;

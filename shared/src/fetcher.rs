@@ -88,6 +88,12 @@ impl Fetcher {
 
     async fn connector(&self, event: &ConnectionEvent, mapping: &Mapping, force_secret: bool) -> Result<Box<dyn Connector>, SyncError> {
         let secret = self.secrets.get(&event.secret_id, force_secret).await?;
+        if let Some(field) = placeholder_field(&secret) {
+            return Err(SyncError::Secret {
+                secret_id: event.secret_id.clone(),
+                detail: format!("field `{field}` still holds the template's placeholder REPLACE_ME; put the real value in Secrets Manager"),
+            });
+        }
         let state: Arc<dyn StateStore> = Arc::new(DynamoState { store: self.store.clone(), connection: event.connection.clone() });
         let ctx = ConnectorContext { connection: event.connection.clone(), object_type: event.object_type, config: mapping.config.clone(), state };
         connectors::build(event.source, &secret, ctx).await.map_err(|e| match e {
@@ -263,6 +269,11 @@ impl Fetcher {
         .await;
         result.unwrap_or_else(|e| json!({"ok": false, "connection": event.connection, "source": event.source, "error": chain(&e)}))
     }
+}
+
+/// The first field of a secret still holding the template's placeholder.
+fn placeholder_field(secret: &Value) -> Option<String> {
+    secret.as_object()?.iter().find(|(_, v)| v.as_str().is_some_and(|s| s.contains("REPLACE_ME"))).map(|(k, _)| k.clone())
 }
 
 /// Map one raw record, with the connector's id, check-in time and parent.

@@ -1,0 +1,81 @@
+//! `runs list|show|redrive`.
+
+use anyhow::{anyhow, Context};
+use assetsync::console;
+use assetsync::error::chain;
+use assetsync::summary::RunSummary;
+use serde_json::json;
+
+use crate::output;
+use crate::target::Target;
+use crate::{Global, RunsCmd};
+
+pub async fn run(g: &Global, cmd: RunsCmd) -> anyhow::Result<()> {
+    let target = Target::resolve(g).await?;
+    let runs = target.runs();
+    match cmd {
+        RunsCmd::List { limit, since, oldest_first } => {
+            let mut items = runs.list(limit).await.context("listing runs")?;
+            if let Some(since) = &since {
+                items.retain(|r| r.started_at.as_str() >= since.as_str());
+            }
+            if oldest_first {
+                items.reverse();
+            }
+            let mut summaries: Vec<RunSummary> = Vec::with_capacity(items.len());
+            for r in &items {
+                summaries.push(runs.summary(r).await.with_context(|| format!("reading run {}", r.run_id))?);
+            }
+            if g.json {
+                output::json(&summaries)
+            } else {
+                if summaries.is_empty() {
+                    eprintln!("no runs yet");
+                } else {
+                    print!("{}", output::runs_table(&summaries));
+                }
+                Ok(())
+            }
+        }
+        RunsCmd::Show { run_id } => {
+            let run = runs.get(&run_id).await?.ok_or_else(|| anyhow!("no run {run_id} in the register (`assetsync runs list` shows the recent ones)"))?;
+            let summary = runs.summary(&run).await?;
+            if g.json {
+                output::json(&summary)
+            } else {
+                print!("{}", output::summary_text(&summary, None));
+                Ok(())
+            }
+        }
+        RunsCmd::Redrive { run_id } => {
+            let dlq = target.settings.dlq_url.clone().ok_or_else(|| anyhow!("the stack names no dead-letter queue (DLQ_URL)"))?;
+            let sqs = target.sqs();
+            let report = console::redrive(&runs, &sqs, &dlq, &target.settings.records_queue_url, &run_id)
+                .await
+                .map_err(|e| anyhow!("{}", chain(&e)))?;
+            // Locally nothing consumes the records queue: import the requeued pages now.
+            let summary = if report.requeued > 0 && target.in_process(g) {
+                let runner = crate::sync::local_runner_for(&target);
+                let mut progress = crate::sync::Progress::new(&format!("redrive {run_id}"));
+                let res = runner.drain_until_done(&run_id, &mut |r: &assetsync::runs::RunItem| progress.update(r)).await;
+                progress.finish();
+                Some(res.map_err(|e| anyhow!("importing the redriven pages: {}", chain(&e)))?)
+            } else {
+                None
+            };
+            if g.json {
+                return output::json(&json!({"redrive": report, "summary": summary}));
+            }
+            println!(
+                "run {run_id}: {} page(s) put back on the records queue ({} reopened), {} already imported; left in the dead-letter queue: {} of other runs, {} unreadable",
+                report.requeued, report.reopened, report.already_imported, report.other_runs, report.unreadable
+            );
+            match summary {
+                Some(s) => print!("{}", output::summary_text(&s, Some(20))),
+                None if report.requeued > 0 => println!("the importer will take them from the queue; follow with `assetsync runs show {run_id}`"),
+                None => println!("run status: {}", report.status),
+            }
+            Ok(())
+        }
+    }
+}
