@@ -15,7 +15,7 @@ pub struct Exit {
 }
 
 impl Exit {
-    pub fn new(code: i32, message: impl Into<String>) -> anyhow::Error {
+    pub fn with_message(code: i32, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Exit { code, message: Some(message.into()) })
     }
 

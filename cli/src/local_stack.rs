@@ -1,8 +1,8 @@
 //! `local up|down`: moto on loopback with infra/template.yaml deployed into it.
 //!
 //! `local up` starts `.venv/bin/moto_server` detached (its own process group, so it outlives the
-//! command and a Ctrl-C of it), records it in `.local/moto.json` (pid, port, endpoint) and
-//! `.local/moto.pid`, and reuses it on the next `local up` while it is alive. `local down` stops it.
+//! command and a Ctrl-C of it), records it in `moto.json` (pid, port, endpoint) and `moto.pid`
+//! next to the stack file (default `.local/`), and reuses it on the next `local up` while it is alive. `local down` stops it.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -38,8 +38,12 @@ pub async fn run(g: &Global, cmd: LocalCmd) -> anyhow::Result<()> {
     }
 }
 
-fn local_dir(root: &Path) -> PathBuf {
-    root.join(".local")
+/// Where moto's state (`moto.json`, `moto.pid`, `moto.log`) lives: next to the stack file.
+fn local_dir(g: &Global, root: &Path) -> PathBuf {
+    match target::stack_file(g).parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => root.join(".local"),
+    }
 }
 
 /// Our stderr as a child's stdout, so `--json` keeps stdout for the one document.
@@ -65,7 +69,7 @@ fn up(g: &Global, root: &Path, recreate: bool) -> anyhow::Result<()> {
             bail!("scripts/bootstrap.sh failed ({status})");
         }
     }
-    let dir = local_dir(root);
+    let dir = local_dir(g, root);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let given = g.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok().filter(|v| !v.trim().is_empty()));
     let (endpoint, moto, reused) = match given {
@@ -200,7 +204,7 @@ fn start_moto(venv: &Path, dir: &Path) -> anyhow::Result<MotoRecord> {
 }
 
 fn down(g: &Global, root: &Path) -> anyhow::Result<()> {
-    let dir = local_dir(root);
+    let dir = local_dir(g, root);
     let rec = read_record(&dir);
     let mut stopped = None;
     if let Some(m) = &rec {

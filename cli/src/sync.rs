@@ -126,7 +126,7 @@ pub fn local_runner_for(target: &Target) -> LocalRunner {
 fn started_run(answer: &Value) -> anyhow::Result<String> {
     if answer.get("started") == Some(&Value::Bool(false)) {
         let msg = answer.get("message").and_then(Value::as_str).unwrap_or("a run of this connection is already in progress");
-        return Err(Exit::new(ALREADY_RUNNING, msg));
+        return Err(Exit::with_message(ALREADY_RUNNING, msg));
     }
     answer
         .get("run_id")

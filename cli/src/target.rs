@@ -45,7 +45,7 @@ fn env_nonempty(name: &str) -> Option<String> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
     /// A moto server described by a stack file.
-    Local { stack_file: PathBuf },
+    Local,
     /// A deployed stack named by environment variables.
     Deployed,
 }
@@ -55,7 +55,6 @@ pub struct Target {
     pub kind: Kind,
     pub settings: Settings,
     pub sdk: SdkConfig,
-    pub endpoint: Option<String>,
     /// The fetcher Lambda's name (for invoking it).
     pub fetcher_function: Option<String>,
 }
@@ -89,20 +88,20 @@ impl Target {
                 .load()
                 .await;
             let fetcher_function = info.pointer("/outputs/FetcherFunctionName").and_then(Value::as_str).map(str::to_string);
-            return Ok(Target { kind: Kind::Local { stack_file: file }, settings, sdk, endpoint: Some(endpoint), fetcher_function });
+            return Ok(Target { kind: Kind::Local, settings, sdk, fetcher_function });
         }
         let settings = Settings::from_env().context("the deployed stack's names (see `assetsync --help`)")?;
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(e) = &g.endpoint {
+        if let Some(e) = &endpoint_override {
             loader = loader.endpoint_url(e);
         }
         let sdk = loader.load().await;
-        Ok(Target { kind: Kind::Deployed, settings, sdk, endpoint: endpoint_override, fetcher_function: env_nonempty("FETCHER_FUNCTION") })
+        Ok(Target { kind: Kind::Deployed, settings, sdk, fetcher_function: env_nonempty("FETCHER_FUNCTION") })
     }
 
     /// Whether handlers run in this process (always for a local stack: moto cannot run Lambdas).
     pub fn in_process(&self, g: &Global) -> bool {
-        g.local || matches!(self.kind, Kind::Local { .. })
+        g.local || self.kind == Kind::Local
     }
 
     pub fn ddb(&self) -> aws_sdk_dynamodb::Client {

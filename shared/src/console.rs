@@ -685,7 +685,7 @@ mod tests {
             action: "set".into(),
             changes: vec![Change { attr: "Location".into(), old: None, new: "Room 4".into() }],
         };
-        let t = format_history(&[e.clone()]);
+        let t = format_history(std::slice::from_ref(&e));
         assert!(t.contains("Location") && t.contains("Room 4") && t.contains("hand"), "{t}");
         let item = hand_history_item("Hardware", "K1", &e).unwrap();
         assert!(attr_is(&item, "pk", "R#Hardware#K1"));
