@@ -1,0 +1,190 @@
+//! Benchmark: prints the figures the issues ask for (not a test: CI machines are noisy).
+//!
+//! `cargo run --release -p assetsync-tests --bin bench -- [--fleet 10000] [--sources jamf,intune,...]`
+//! For each source: wall time and vendor requests of a first sync, DynamoDB requests per record on
+//! the first sync, an unchanged re-sync, a 1%-changed sync and the missing-device sweep (1% gone).
+//! `bench page-memory` runs in its own process and prints the peak memory of fetching, mapping and
+//! serialising the largest page (2,000 Jamf computers), as the fetcher does.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use assetsync::event::ObjectType;
+use assetsync_tests::harness::{event, Harness};
+use assetsync_tests::sim::endpoint_central::{EcSimConfig, EndpointCentralSim};
+use assetsync_tests::sim::intune::{IntuneConfig, IntuneSim};
+use assetsync_tests::sim::jamf::{JamfConfig, JamfSim};
+use assetsync_tests::sim::jumpcloud::{JumpCloudConfig, JumpCloudSim};
+use assetsync_tests::sim::kandji::{KandjiSim, KandjiSimConfig};
+use assetsync_tests::sim::Control;
+use serde_json::{json, Value};
+
+/// One simulated source under benchmark, with the hooks to change and remove its records.
+enum Sim {
+    Jamf(JamfSim),
+    Intune(IntuneSim),
+    Ec(EndpointCentralSim),
+    Kandji(KandjiSim),
+    JumpCloud(JumpCloudSim),
+}
+
+impl Sim {
+    async fn start(source: &str, n: usize) -> anyhow::Result<Self> {
+        Ok(match source {
+            "jamf" => Sim::Jamf(JamfSim::start(JamfConfig { computers: n, ..JamfConfig::default() }).await?),
+            "intune" => Sim::Intune(IntuneSim::start(IntuneConfig { devices: n, users: n / 2, ..IntuneConfig::default() }).await?),
+            "endpoint-central" => Sim::Ec(EndpointCentralSim::start(EcSimConfig { devices: n, rate_limit: None, ..EcSimConfig::default() }).await?),
+            "kandji" => Sim::Kandji(KandjiSim::start(KandjiSimConfig { devices: n, users: n / 2, hourly_limit: 1_000_000, ..KandjiSimConfig::default() }).await?),
+            "jumpcloud" => Sim::JumpCloud(JumpCloudSim::start(JumpCloudConfig { systems: n, users: n / 2, ..JumpCloudConfig::default() }).await?),
+            other => anyhow::bail!("unknown source {other}"),
+        })
+    }
+    fn secret(&self) -> Value {
+        match self {
+            Sim::Jamf(s) => s.secret(),
+            Sim::Intune(s) => s.secret(),
+            Sim::Ec(s) => s.secret(),
+            Sim::Kandji(s) => s.secret(),
+            Sim::JumpCloud(s) => s.secret(),
+        }
+    }
+    fn control(&self) -> &Control {
+        match self {
+            Sim::Jamf(s) => s.control(),
+            Sim::Intune(s) => s.control(),
+            Sim::Ec(s) => s.control(),
+            Sim::Kandji(s) => &s.handle.control,
+            Sim::JumpCloud(s) => s.control(),
+        }
+    }
+    fn count(&self) -> usize {
+        match self {
+            Sim::Jamf(s) => s.computer_count(),
+            Sim::Intune(s) => s.device_count(),
+            Sim::Ec(s) => s.device_count(),
+            Sim::Kandji(s) => s.device_count(),
+            Sim::JumpCloud(s) => s.device_count(),
+        }
+    }
+    fn change(&self, i: usize) {
+        match self {
+            Sim::Jamf(s) => s.set_os_version(i, "99.0"),
+            Sim::Intune(s) => s.set_os_version(i, "99.0"),
+            Sim::Ec(s) => s.set_os_version(i, "99.0"),
+            Sim::Kandji(s) => s.set_os_version(i, "99.0"),
+            Sim::JumpCloud(s) => s.set_os_version(i, "99.0"),
+        }
+    }
+    fn remove(&self, i: usize) {
+        match self {
+            Sim::Jamf(s) => drop(s.remove_computer(i)),
+            Sim::Intune(s) => drop(s.remove_device(i)),
+            Sim::Ec(s) => s.remove_device(i),
+            Sim::Kandji(s) => drop(s.remove_device(i)),
+            Sim::JumpCloud(s) => drop(s.remove_device(i)),
+        }
+    }
+}
+
+fn per_record(req: u64, records: u64) -> String {
+    format!("{:.3}", req as f64 / records.max(1) as f64)
+}
+
+async fn bench_source(source: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let h = Harness::start().await?;
+    let sim = Sim::start(source, n).await?;
+    h.put_secret("assetsync/bench", &sim.secret()).await?;
+    let mut ev = event("bench", source, "assetsync/bench", "Hardware");
+    if source == "endpoint-central" {
+        ev["mapping"] = json!("config:detail_rate=1000000\nconfig:detail_concurrency=16");
+    }
+    let mut out = vec![source.to_string()];
+    // First sync.
+    h.ddb.reset();
+    let v0 = sim.control().data_requests() + sim.control().token_requests();
+    let t = Instant::now();
+    let s = h.sync(&ev).await?;
+    let wall = t.elapsed();
+    let vendor = sim.control().data_requests() + sim.control().token_requests() - v0;
+    let records = s.records_fetched;
+    out.push(format!("{:.1}", wall.as_secs_f64()));
+    out.push(format!("{:.1}", vendor as f64 * 1000.0 / records.max(1) as f64));
+    out.push(per_record(h.ddb.get().total(), records));
+    // Unchanged.
+    h.ddb.reset();
+    let s2 = h.sync(&ev).await?;
+    let c = h.ddb.get();
+    out.push(format!("{} ({} rec writes)", per_record(c.total(), records), c.record_writes));
+    // 1% changed.
+    let step = 100;
+    for i in (0..sim.count()).step_by(step) {
+        sim.change(i);
+    }
+    h.ddb.reset();
+    let s3 = h.sync(&ev).await?;
+    out.push(format!("{} ({} upd)", per_record(h.ddb.get().total(), records), s3.counts.updated));
+    // 1% gone: the missing-device sweep.
+    let gone = sim.count() / 100;
+    for k in 0..gone {
+        sim.remove(k * 50 % sim.count().max(1));
+    }
+    h.ddb.reset();
+    let s4 = h.sync(&ev).await?;
+    out.push(format!("{} ({} missing)", per_record(h.ddb.get().total(), records), s4.counts.missing));
+    eprintln!("{source}: first {:?}; unchanged {:?}; changed {:?}; sweep {:?}", s.counts, s2.counts, s3.counts, s4.counts);
+    Ok(out)
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn page_memory() -> anyhow::Result<()> {
+    use assetsync::connectors::{self, ConnectorContext, MemoryState};
+    let sim = JamfSim::start(JamfConfig { computers: 2000, ..JamfConfig::default() }).await?;
+    let before = peak_rss_kib().unwrap_or(0);
+    let mapping = assetsync::mapping::Mapping::parse(connectors::default_mapping(assetsync::event::SourceKind::Jamf, ObjectType::Hardware, None)?)?;
+    let ctx = ConnectorContext { connection: "mem".into(), object_type: ObjectType::Hardware, config: mapping.config.clone(), state: std::sync::Arc::new(MemoryState::default()) };
+    let c = connectors::build(assetsync::event::SourceKind::Jamf, &sim.secret(), ctx).await?;
+    let page = c.fetch_page(None).await?;
+    let (records, skipped) = assetsync::fetcher::map_page(&mapping, c.as_ref(), &page.records, ObjectType::Hardware);
+    let bytes: usize = records.iter().map(|r| serde_json::to_string(r).map(|s| s.len()).unwrap_or(0)).sum();
+    let after = peak_rss_kib().unwrap_or(0);
+    println!(
+        "largest page: {} raw records, {} mapped, {} skipped, {} KiB of messages; peak RSS {} KiB (simulator included; {} KiB before the page)",
+        page.records.len(),
+        records.len(),
+        skipped.len(),
+        bytes / 1024,
+        after,
+        before
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("page-memory") {
+        return page_memory().await;
+    }
+    let mut fleet = 10_000;
+    let mut sources = vec!["jamf", "intune", "endpoint-central", "kandji", "jumpcloud"].into_iter().map(String::from).collect::<Vec<_>>();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--fleet" => fleet = it.next().context("--fleet N")?.parse()?,
+            "--sources" => sources = it.next().context("--sources a,b")?.split(',').map(String::from).collect(),
+            other => anyhow::bail!("unknown argument {other}"),
+        }
+    }
+    std::env::set_var("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()));
+    println!("| source | first sync s | vendor req / 1k | ddb req/rec first | unchanged | 1% changed | 1% missing sweep |");
+    println!("|---|---|---|---|---|---|---|");
+    for s in &sources {
+        let row = bench_source(s, fleet).await?;
+        println!("| {} |", row.join(" | "));
+    }
+    Ok(())
+}
