@@ -427,7 +427,7 @@ impl Importer {
                     let expected = rec.ver;
                     rec.ver += 1;
                     if self.store.replace_record(&rec, expected).await? {
-                        let member = c.src.get(w.connection).is_none() || was_missing;
+                        let member = !c.src.contains_key(w.connection) || was_missing;
                         if ot == ObjectType::Person {
                             self.assign_waiting(&rec, email_updates, w, ts, page_id).await?;
                         }
@@ -569,11 +569,9 @@ fn assignment_changes(a: &BTreeMap<String, String>, rec: &StoredRecord, emails: 
     if current_to != to {
         out.push((attr::ASSIGNED_TO.to_string(), to));
     }
-    if a.get(attr::ASSIGNMENT_NOTE) != note.as_ref() && !(note.is_none() && !a.contains_key(attr::ASSIGNMENT_NOTE)) {
-        // Only rewrite the note when the assignment itself changes.
-        if !out.is_empty() {
-            out.push((attr::ASSIGNMENT_NOTE.to_string(), note));
-        }
+    // The note changes only with the assignment itself.
+    if !out.is_empty() && a.get(attr::ASSIGNMENT_NOTE) != note.as_ref() {
+        out.push((attr::ASSIGNMENT_NOTE.to_string(), note));
     }
     out
 }

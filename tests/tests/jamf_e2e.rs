@@ -61,7 +61,7 @@ async fn first_sync_unchanged_resync_and_one_change() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn faults_do_not_stop_a_sync() -> anyhow::Result<()> {
-    let (h, sim, ev) = setup(4500).await?;
+    let (h, sim, ev) = setup(3000).await?;
     sim.control().inject_after(1, Fault::TooManyRequests { retry_after: Some(1) });
     sim.control().inject_after(2, Fault::ServerError(500));
     sim.control().inject_after(3, Fault::ExpireTokens);

@@ -78,7 +78,7 @@ impl Sim {
     fn remove(&self, i: usize) {
         match self {
             Sim::Jamf(s) => drop(s.remove_computer(i)),
-            Sim::Intune(s) => drop(s.remove_device(i)),
+            Sim::Intune(s) => s.remove_device(i),
             Sim::Ec(s) => s.remove_device(i),
             Sim::Kandji(s) => drop(s.remove_device(i)),
             Sim::JumpCloud(s) => drop(s.remove_device(i)),

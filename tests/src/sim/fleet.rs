@@ -63,7 +63,7 @@ pub fn mac(seed: u64, i: usize, colons: bool) -> String {
 }
 
 /// A stable random choice from a list, per (seed, i, salt).
-pub fn pick<'a, T>(seed: u64, i: usize, salt: u64, items: &'a [T]) -> &'a T {
+pub fn pick<T>(seed: u64, i: usize, salt: u64, items: &[T]) -> &T {
     let mut r = rng(seed ^ salt ^ ((i as u64) << 20));
     &items[r.random_range(0..items.len())]
 }
