@@ -26,7 +26,9 @@ use crate::importer::HistoryEntry;
 use crate::normalize;
 use crate::register::{attr, Change, Provenance, StoredRecord, HAND};
 use crate::runs::Runs;
-use crate::store::{dyn_err, from_item, is_condition_failed, n, record_pk, s, to_item, EmailEntry, PersonRef, Store};
+use crate::store::{
+    dyn_err, from_item, n, record_pk, s, to_item, EmailEntry, PersonRef, Store,
+};
 
 /// The connection name hand edits are recorded under, and the run/page parts of their history key.
 pub const HAND_RUN: &str = "hand";
@@ -39,7 +41,10 @@ const EDIT_TRIES: usize = 8;
 pub enum ConsoleError {
     /// The record to edit or show does not exist.
     #[error("no {object_type} record with key {key:?} in the register (keys are matched exactly after normalisation; `assetsync assets list {object_type}` shows them)")]
-    NotFound { object_type: ObjectType, key: String },
+    NotFound {
+        object_type: ObjectType,
+        key: String,
+    },
     /// A command argument is malformed.
     #[error("{0}")]
     Argument(String),
@@ -48,13 +53,19 @@ pub enum ConsoleError {
     NoRun(String),
     /// The record kept changing under concurrent writers.
     #[error("{object_type} {key} kept changing under concurrent writers; gave up after {EDIT_TRIES} tries, nothing was written")]
-    Contended { object_type: ObjectType, key: String },
+    Contended {
+        object_type: ObjectType,
+        key: String,
+    },
     #[error(transparent)]
     Aws(#[from] AwsError),
 }
 
 fn sqs_err(op: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> AwsError {
-    AwsError::Sqs { op, detail: DisplayErrorContext(e).to_string() }
+    AwsError::Sqs {
+        op,
+        detail: DisplayErrorContext(e).to_string(),
+    }
 }
 
 /// Parse one `ATTR=VALUE` argument. The attribute name is trimmed and must not be empty; the value
@@ -67,10 +78,14 @@ pub fn parse_assignment(arg: &str) -> Result<(String, String), ConsoleError> {
     };
     let a = a.trim();
     if a.is_empty() {
-        return Err(ConsoleError::Argument(format!("attribute name is empty in {arg:?}; expected ATTR=VALUE")));
+        return Err(ConsoleError::Argument(format!(
+            "attribute name is empty in {arg:?}; expected ATTR=VALUE"
+        )));
     }
     if a.chars().any(char::is_control) {
-        return Err(ConsoleError::Argument(format!("attribute name {a:?} contains control characters")));
+        return Err(ConsoleError::Argument(format!(
+            "attribute name {a:?} contains control characters"
+        )));
     }
     Ok((a.to_string(), v.trim().to_string()))
 }
@@ -78,14 +93,18 @@ pub fn parse_assignment(arg: &str) -> Result<(String, String), ConsoleError> {
 /// Parse many `ATTR=VALUE` arguments; the same attribute twice is an error.
 pub fn parse_assignments<S: AsRef<str>>(args: &[S]) -> Result<Vec<(String, String)>, ConsoleError> {
     if args.is_empty() {
-        return Err(ConsoleError::Argument("nothing to set: give at least one ATTR=VALUE".into()));
+        return Err(ConsoleError::Argument(
+            "nothing to set: give at least one ATTR=VALUE".into(),
+        ));
     }
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(args.len());
     for arg in args {
         let (a, v) = parse_assignment(arg.as_ref())?;
         if !seen.insert(a.clone()) {
-            return Err(ConsoleError::Argument(format!("attribute {a:?} is given twice")));
+            return Err(ConsoleError::Argument(format!(
+                "attribute {a:?} is given twice"
+            )));
         }
         out.push((a, v));
     }
@@ -98,7 +117,11 @@ pub fn normalise_key(object_type: ObjectType, key: &str) -> String {
 }
 
 /// Read one record by a user-typed key (tried as typed, then normalised).
-pub async fn get_record(store: &Store, object_type: ObjectType, key: &str) -> Result<Option<StoredRecord>, ConsoleError> {
+pub async fn get_record(
+    store: &Store,
+    object_type: ObjectType,
+    key: &str,
+) -> Result<Option<StoredRecord>, ConsoleError> {
     if let Some(r) = store.record(object_type.as_str(), key).await? {
         return Ok(Some(r));
     }
@@ -111,7 +134,11 @@ pub async fn get_record(store: &Store, object_type: ObjectType, key: &str) -> Re
 
 /// Records of a type, at most `limit` (a filtered Scan: fine for a console, never used by runs),
 /// sorted by key.
-pub async fn list_records(store: &Store, object_type: ObjectType, limit: usize) -> Result<Vec<StoredRecord>, ConsoleError> {
+pub async fn list_records(
+    store: &Store,
+    object_type: ObjectType,
+    limit: usize,
+) -> Result<Vec<StoredRecord>, ConsoleError> {
     let prefix = format!("R#{}#", object_type.as_str());
     let mut out = Vec::new();
     let mut start = None;
@@ -143,9 +170,23 @@ pub async fn list_records(store: &Store, object_type: ObjectType, limit: usize) 
 }
 
 /// Every history entry of a record, oldest first.
-pub async fn history(store: &Store, object_type: ObjectType, key: &str) -> Result<Vec<HistoryEntry>, ConsoleError> {
-    let items = store.query(&record_pk(object_type.as_str(), key), Some("H#"), false, None).await?;
-    items.into_iter().map(|i| from_item(i).map_err(ConsoleError::from)).collect()
+pub async fn history(
+    store: &Store,
+    object_type: ObjectType,
+    key: &str,
+) -> Result<Vec<HistoryEntry>, ConsoleError> {
+    let items = store
+        .query(
+            &record_pk(object_type.as_str(), key),
+            Some("H#"),
+            false,
+            None,
+        )
+        .await?;
+    items
+        .into_iter()
+        .map(|i| from_item(i).map_err(ConsoleError::from))
+        .collect()
 }
 
 /// What a hand edit did.
@@ -159,7 +200,11 @@ pub struct EditOutcome {
 
 /// Apply edits to a record in memory. Returns the changes (a release is a change whose old and
 /// new value are the same). Pure, so the rules are testable without DynamoDB.
-pub fn apply_edits(rec: &mut StoredRecord, edits: &[(String, String)], prov: &Provenance) -> Vec<Change> {
+pub fn apply_edits(
+    rec: &mut StoredRecord,
+    edits: &[(String, String)],
+    prov: &Provenance,
+) -> Vec<Change> {
     let mut changes = Vec::new();
     for (a, v) in edits {
         if v.is_empty() {
@@ -167,7 +212,11 @@ pub fn apply_edits(rec: &mut StoredRecord, edits: &[(String, String)], prov: &Pr
             if rec.p.get(a).is_some_and(|p| p.c == HAND) {
                 rec.p.remove(a);
                 let cur = rec.a.get(a).cloned().unwrap_or_default();
-                changes.push(Change { attr: a.clone(), old: Some(cur.clone()), new: cur });
+                changes.push(Change {
+                    attr: a.clone(),
+                    old: Some(cur.clone()),
+                    new: cur,
+                });
             }
             continue;
         }
@@ -178,7 +227,11 @@ pub fn apply_edits(rec: &mut StoredRecord, edits: &[(String, String)], prov: &Pr
         }
         rec.a.insert(a.clone(), v.clone());
         rec.p.insert(a.clone(), prov.clone());
-        changes.push(Change { attr: a.clone(), old, new: v.clone() });
+        changes.push(Change {
+            attr: a.clone(),
+            old,
+            new: v.clone(),
+        });
     }
     changes
 }
@@ -187,48 +240,98 @@ pub fn apply_edits(rec: &mut StoredRecord, edits: &[(String, String)], prov: &Pr
 /// them (`ATTR=` with an empty value: hand ownership removed, value kept). Refuses a record that does
 /// not exist. The record (version-checked) and its history entry are written in one transaction;
 /// on a lost race with a run the edit is re-applied to the newer record.
-pub async fn hand_edit(store: &Store, object_type: ObjectType, key: &str, edits: &[(String, String)]) -> Result<EditOutcome, ConsoleError> {
+pub async fn hand_edit(
+    store: &Store,
+    object_type: ObjectType,
+    key: &str,
+    edits: &[(String, String)],
+) -> Result<EditOutcome, ConsoleError> {
     if edits.is_empty() {
-        return Err(ConsoleError::Argument("nothing to set: give at least one ATTR=VALUE".into()));
+        return Err(ConsoleError::Argument(
+            "nothing to set: give at least one ATTR=VALUE".into(),
+        ));
     }
     for _ in 0..EDIT_TRIES {
         let Some(current) = get_record(store, object_type, key).await? else {
-            return Err(ConsoleError::NotFound { object_type, key: key.to_string() });
+            return Err(ConsoleError::NotFound {
+                object_type,
+                key: key.to_string(),
+            });
         };
         let at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-        let prov = Provenance { c: HAND.into(), s: String::new(), t: at.clone(), r: String::new() };
+        let prov = Provenance {
+            c: HAND.into(),
+            s: String::new(),
+            t: at.clone(),
+            r: String::new(),
+        };
         let mut rec = current.clone();
         let changes = apply_edits(&mut rec, edits, &prov);
         if changes.is_empty() {
-            return Ok(EditOutcome { record: current, entry: None });
+            return Ok(EditOutcome {
+                record: current,
+                entry: None,
+            });
         }
-        let action = if changes.iter().all(|c| c.old.as_deref() == Some(c.new.as_str()) && !rec.p.contains_key(&c.attr)) {
+        let action = if changes
+            .iter()
+            .all(|c| c.old.as_deref() == Some(c.new.as_str()) && !rec.p.contains_key(&c.attr))
+        {
             "release"
         } else {
             "set"
         };
-        let entry = HistoryEntry { at: at.clone(), connection: HAND.into(), run_id: HAND_RUN.into(), action: action.into(), changes };
+        let entry = HistoryEntry {
+            at: at.clone(),
+            connection: HAND.into(),
+            run_id: HAND_RUN.into(),
+            action: action.into(),
+            changes,
+        };
         let expected = current.ver;
         rec.ver += 1;
         if write_edit(store, &rec, expected, &entry).await? {
             if object_type == ObjectType::Person {
                 reindex_person(store, &current, &rec).await?;
             }
-            return Ok(EditOutcome { record: rec, entry: Some(entry) });
+            return Ok(EditOutcome {
+                record: rec,
+                entry: Some(entry),
+            });
         }
     }
-    Err(ConsoleError::Contended { object_type, key: key.to_string() })
+    Err(ConsoleError::Contended {
+        object_type,
+        key: key.to_string(),
+    })
 }
 
 /// The history item of a hand edit: same layout as the importer's (`H#<time>#<run>#<page>#<action>`).
-pub fn hand_history_item(object_type: &str, key: &str, entry: &HistoryEntry) -> Result<crate::store::Item, AwsError> {
-    to_item(&record_pk(object_type, key), &format!("H#{}#{HAND_RUN}#{HAND_PAGE}#{}", entry.at, entry.action), entry)
+pub fn hand_history_item(
+    object_type: &str,
+    key: &str,
+    entry: &HistoryEntry,
+) -> Result<crate::store::Item, AwsError> {
+    to_item(
+        &record_pk(object_type, key),
+        &format!("H#{}#{HAND_RUN}#{HAND_PAGE}#{}", entry.at, entry.action),
+        entry,
+    )
 }
 
-async fn write_edit(store: &Store, rec: &StoredRecord, expected_ver: i64, entry: &HistoryEntry) -> Result<bool, AwsError> {
+async fn write_edit(
+    store: &Store,
+    rec: &StoredRecord,
+    expected_ver: i64,
+    entry: &HistoryEntry,
+) -> Result<bool, AwsError> {
     let put_rec = Put::builder()
         .table_name(&store.table)
-        .set_item(Some(to_item(&record_pk(&rec.object_type, &rec.key), "#", rec)?))
+        .set_item(Some(to_item(
+            &record_pk(&rec.object_type, &rec.key),
+            "#",
+            rec,
+        )?))
         .condition_expression("ver = :v")
         .expression_attribute_values(":v", n(expected_ver))
         .build()
@@ -238,34 +341,37 @@ async fn write_edit(store: &Store, rec: &StoredRecord, expected_ver: i64, entry:
         .set_item(Some(hand_history_item(&rec.object_type, &rec.key, entry)?))
         .build()
         .map_err(|e| AwsError::Item(e.to_string()))?;
-    let res = store
-        .ddb
-        .transact_write_items()
-        .transact_items(TransactWriteItem::builder().put(put_rec).build())
-        .transact_items(TransactWriteItem::builder().put(put_hist).build())
-        .send()
-        .await;
-    match res {
-        Ok(_) => Ok(true),
-        Err(e) if is_condition_failed(&e) => Ok(false),
-        Err(e) => Err(dyn_err("TransactWriteItems", e)),
-    }
+    store.transact(vec![TransactWriteItem::builder().put(put_rec).build(), TransactWriteItem::builder().put(put_hist).build()]).await
 }
 
 /// The email index entry a person record contributes: (email, status, display name).
 fn person_ref(rec: &StoredRecord) -> Option<(String, PersonRef)> {
     let email = rec.a.get(attr::EMAIL).and_then(|e| normalize::email(e))?;
-    let status = rec.a.get(attr::STATUS).cloned().unwrap_or_else(|| "active".into()).to_lowercase();
+    let status = rec
+        .a
+        .get(attr::STATUS)
+        .cloned()
+        .unwrap_or_else(|| "active".into())
+        .to_lowercase();
     let name = rec.a.get(attr::DISPLAY_NAME).cloned().or_else(|| {
-        rec.a
-            .get(attr::FIRST_NAME)
-            .map(|f| format!("{f} {}", rec.a.get(attr::LAST_NAME).cloned().unwrap_or_default()).trim().to_string())
+        rec.a.get(attr::FIRST_NAME).map(|f| {
+            format!(
+                "{f} {}",
+                rec.a.get(attr::LAST_NAME).cloned().unwrap_or_default()
+            )
+            .trim()
+            .to_string()
+        })
     });
     Some((email, PersonRef { status, name }))
 }
 
 /// Keep the email index (devices are assigned through it) in step with a hand-edited person.
-async fn reindex_person(store: &Store, old: &StoredRecord, new: &StoredRecord) -> Result<(), AwsError> {
+async fn reindex_person(
+    store: &Store,
+    old: &StoredRecord,
+    new: &StoredRecord,
+) -> Result<(), AwsError> {
     let before = person_ref(old);
     let after = person_ref(new);
     if before == after {
@@ -292,7 +398,10 @@ async fn reindex_person(store: &Store, old: &StoredRecord, new: &StoredRecord) -
             entry.persons.insert(new.key.clone(), p);
         }
     }
-    let items = touched.into_iter().map(|(e, entry)| to_item(&format!("E#{e}"), "#", &entry)).collect::<Result<Vec<_>, _>>()?;
+    let items = touched
+        .into_iter()
+        .map(|(e, entry)| to_item(&format!("E#{e}"), "#", &entry))
+        .collect::<Result<Vec<_>, _>>()?;
     store.batch_put(items).await
 }
 
@@ -318,19 +427,47 @@ pub struct RedriveReport {
 /// `run_id` has its dead marker reopened (the run is `running` again and will count the page when it
 /// is imported), is sent to the records queue and deleted from the DLQ. Other messages are left in
 /// the DLQ, visible again when this returns.
-pub async fn redrive(runs: &Runs, sqs: &aws_sdk_sqs::Client, dlq_url: &str, records_queue_url: &str, run_id: &str) -> Result<RedriveReport, ConsoleError> {
+pub async fn redrive(
+    runs: &Runs,
+    sqs: &aws_sdk_sqs::Client,
+    dlq_url: &str,
+    records_queue_url: &str,
+    run_id: &str,
+) -> Result<RedriveReport, ConsoleError> {
     if runs.get(run_id).await?.is_none() {
         return Err(ConsoleError::NoRun(run_id.to_string()));
     }
-    let mut report = RedriveReport { run_id: run_id.to_string(), ..Default::default() };
+    let mut report = RedriveReport {
+        run_id: run_id.to_string(),
+        ..Default::default()
+    };
     let mut held: Vec<String> = Vec::new();
-    let result = redrive_loop(runs, sqs, dlq_url, records_queue_url, run_id, &mut report, &mut held).await;
+    let result = redrive_loop(
+        runs,
+        sqs,
+        dlq_url,
+        records_queue_url,
+        run_id,
+        &mut report,
+        &mut held,
+    )
+    .await;
     // Whatever happened, other runs' messages become visible again now.
     for handle in &held {
-        let _ = sqs.change_message_visibility().queue_url(dlq_url).receipt_handle(handle).visibility_timeout(0).send().await;
+        let _ = sqs
+            .change_message_visibility()
+            .queue_url(dlq_url)
+            .receipt_handle(handle)
+            .visibility_timeout(0)
+            .send()
+            .await;
     }
     result?;
-    report.status = runs.get(run_id).await?.map(|r| r.status).unwrap_or_default();
+    report.status = runs
+        .get(run_id)
+        .await?
+        .map(|r| r.status)
+        .unwrap_or_default();
     Ok(report)
 }
 
@@ -358,7 +495,9 @@ async fn redrive_loop(
             return Ok(());
         }
         for m in msgs {
-            let Some(handle) = m.receipt_handle.clone() else { continue };
+            let Some(handle) = m.receipt_handle.clone() else {
+                continue;
+            };
             let body = m.body.clone().unwrap_or_default();
             let page: PageMessage = match serde_json::from_str(&body) {
                 Ok(p) => p,
@@ -453,27 +592,36 @@ pub struct RecordView {
 
 impl From<&StoredRecord> for RecordView {
     fn from(r: &StoredRecord) -> Self {
-        let attributes = r
-            .a
-            .iter()
-            .map(|(name, value)| {
-                let p = r.p.get(name);
-                let view = AttributeView {
-                    value: value.clone(),
-                    set_by: p.map(|p| p.c.clone()).unwrap_or_default(),
-                    source: p.map(|p| p.s.clone()).unwrap_or_default(),
-                    at: p.map(|p| p.t.clone()).unwrap_or_default(),
-                    run: p.map(|p| p.r.clone()).unwrap_or_default(),
-                };
-                (name.clone(), view)
-            })
-            .collect();
+        let attributes =
+            r.a.iter()
+                .map(|(name, value)| {
+                    let p = r.p.get(name);
+                    let view = AttributeView {
+                        value: value.clone(),
+                        set_by: p.map(|p| p.c.clone()).unwrap_or_default(),
+                        source: p.map(|p| p.s.clone()).unwrap_or_default(),
+                        at: p.map(|p| p.t.clone()).unwrap_or_default(),
+                        run: p.map(|p| p.r.clone()).unwrap_or_default(),
+                    };
+                    (name.clone(), view)
+                })
+                .collect();
         let sources: Vec<SourceView> = r
             .src
             .iter()
-            .map(|(c, s)| SourceView { connection: c.clone(), source_id: s.id.clone(), checked_in: s.ci.clone(), run: s.run.clone(), missing_since: s.missing.clone() })
+            .map(|(c, s)| SourceView {
+                connection: c.clone(),
+                source_id: s.id.clone(),
+                checked_in: s.ci.clone(),
+                run: s.run.clone(),
+                missing_since: s.missing.clone(),
+            })
             .collect();
-        let missing_from = sources.iter().filter(|s| s.missing_since.is_some()).map(|s| s.connection.clone()).collect();
+        let missing_from = sources
+            .iter()
+            .filter(|s| s.missing_since.is_some())
+            .map(|s| s.connection.clone())
+            .collect();
         RecordView {
             object_type: r.object_type.clone(),
             key: r.key.clone(),
@@ -511,10 +659,20 @@ pub fn table<S: AsRef<str>>(headers: &[&str], rows: &[Vec<S>]) -> String {
     };
     let mut out = line(headers.to_vec());
     out.push('\n');
-    out.push_str(&line(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str).collect()));
+    out.push_str(&line(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
     out.push('\n');
     for row in rows {
-        let cells: Vec<&str> = (0..cols).map(|i| row.get(i).map(|c| c.as_ref()).unwrap_or("")).collect();
+        let cells: Vec<&str> = (0..cols)
+            .map(|i| row.get(i).map(|c| c.as_ref()).unwrap_or(""))
+            .collect();
         out.push_str(&line(cells));
         out.push('\n');
     }
@@ -524,13 +682,31 @@ pub fn table<S: AsRef<str>>(headers: &[&str], rows: &[Vec<S>]) -> String {
 /// A record for people: a header, its attributes with who set each and when, its sources.
 pub fn format_record(r: &StoredRecord) -> String {
     let v = RecordView::from(r);
-    let mut out = format!("{} {}  (version {}, created {} by {})\n\n", v.object_type, v.key, v.version, or_dash(&v.created_at), or_dash(&v.created_by));
+    let mut out = format!(
+        "{} {}  (version {}, created {} by {})\n\n",
+        v.object_type,
+        v.key,
+        v.version,
+        or_dash(&v.created_at),
+        or_dash(&v.created_by)
+    );
     let rows: Vec<Vec<String>> = v
         .attributes
         .iter()
-        .map(|(name, a)| vec![name.clone(), one_line(&a.value), or_dash(&a.set_by).to_string(), or_dash(&a.at).to_string(), or_dash(&a.run).to_string()])
+        .map(|(name, a)| {
+            vec![
+                name.clone(),
+                one_line(&a.value),
+                or_dash(&a.set_by).to_string(),
+                or_dash(&a.at).to_string(),
+                or_dash(&a.run).to_string(),
+            ]
+        })
         .collect();
-    out.push_str(&table(&["attribute", "value", "set by", "at", "run"], &rows));
+    out.push_str(&table(
+        &["attribute", "value", "set by", "at", "run"],
+        &rows,
+    ));
     if !v.sources.is_empty() {
         out.push('\n');
         let rows: Vec<Vec<String>> = v
@@ -542,11 +718,23 @@ pub fn format_record(r: &StoredRecord) -> String {
                     s.source_id.clone().unwrap_or_else(|| "-".into()),
                     s.checked_in.clone().unwrap_or_else(|| "-".into()),
                     or_dash(&s.run).to_string(),
-                    s.missing_since.clone().map(|d| format!("missing since {d}")).unwrap_or_else(|| "reported".into()),
+                    s.missing_since
+                        .clone()
+                        .map(|d| format!("missing since {d}"))
+                        .unwrap_or_else(|| "reported".into()),
                 ]
             })
             .collect();
-        out.push_str(&table(&["source connection", "source id", "checked in", "last run", "state"], &rows));
+        out.push_str(&table(
+            &[
+                "source connection",
+                "source id",
+                "checked in",
+                "last run",
+                "state",
+            ],
+            &rows,
+        ));
     }
     if !v.missing_from.is_empty() {
         out.push_str(&format!("\nmissing from: {}\n", v.missing_from.join(", ")));
@@ -560,14 +748,36 @@ pub fn format_history(entries: &[HistoryEntry]) -> String {
     for e in entries {
         for c in &e.changes {
             let (old, new) = if e.action == "release" {
-                (c.old.clone().unwrap_or_default(), "(released to the sources)".to_string())
+                (
+                    c.old.clone().unwrap_or_default(),
+                    "(released to the sources)".to_string(),
+                )
             } else {
                 (c.old.clone().unwrap_or_else(|| "-".into()), c.new.clone())
             };
-            rows.push(vec![e.at.clone(), e.action.clone(), c.attr.clone(), one_line(&old), one_line(&new), e.connection.clone(), e.run_id.clone()]);
+            rows.push(vec![
+                e.at.clone(),
+                e.action.clone(),
+                c.attr.clone(),
+                one_line(&old),
+                one_line(&new),
+                e.connection.clone(),
+                e.run_id.clone(),
+            ]);
         }
     }
-    table(&["time", "action", "attribute", "old", "new", "connection", "run"], &rows)
+    table(
+        &[
+            "time",
+            "action",
+            "attribute",
+            "old",
+            "new",
+            "connection",
+            "run",
+        ],
+        &rows,
+    )
 }
 
 fn or_dash(s: &str) -> &str {
@@ -580,7 +790,10 @@ fn or_dash(s: &str) -> &str {
 
 /// A value on one line, shortened to 60 characters for tables.
 pub fn one_line(s: &str) -> String {
-    let flat: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let flat: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if flat.chars().count() > 60 {
         let mut t: String = flat.chars().take(59).collect();
         t.push('…');
@@ -600,11 +813,21 @@ mod tests {
     }
 
     fn prov(c: &str) -> Provenance {
-        Provenance { c: c.into(), s: "jamf".into(), t: "2024-06-20T09:00:00Z".into(), r: "run-1".into() }
+        Provenance {
+            c: c.into(),
+            s: "jamf".into(),
+            t: "2024-06-20T09:00:00Z".into(),
+            r: "run-1".into(),
+        }
     }
 
     fn record() -> StoredRecord {
-        let mut r = StoredRecord { object_type: "Hardware".into(), key: "C02XK1ABMD6T".into(), ver: 3, ..Default::default() };
+        let mut r = StoredRecord {
+            object_type: "Hardware".into(),
+            key: "C02XK1ABMD6T".into(),
+            ver: 3,
+            ..Default::default()
+        };
         r.a.insert("OS Version".into(), "14.5".into());
         r.p.insert("OS Version".into(), prov("jamf-prod"));
         r.a.insert("Location".into(), "Room 4".into());
@@ -614,14 +837,31 @@ mod tests {
 
     #[test]
     fn assignments_parse() {
-        assert_eq!(parse_assignment("Location=Room 4").unwrap(), ("Location".into(), "Room 4".into()));
-        assert_eq!(parse_assignment(" Asset Name = Alice's Mac ").unwrap(), ("Asset Name".into(), "Alice's Mac".into()));
-        assert_eq!(parse_assignment("Notes=a=b").unwrap(), ("Notes".into(), "a=b".into()));
-        assert_eq!(parse_assignment("Location=").unwrap(), ("Location".into(), String::new()));
+        assert_eq!(
+            parse_assignment("Location=Room 4").unwrap(),
+            ("Location".into(), "Room 4".into())
+        );
+        assert_eq!(
+            parse_assignment(" Asset Name = Alice's Mac ").unwrap(),
+            ("Asset Name".into(), "Alice's Mac".into())
+        );
+        assert_eq!(
+            parse_assignment("Notes=a=b").unwrap(),
+            ("Notes".into(), "a=b".into())
+        );
+        assert_eq!(
+            parse_assignment("Location=").unwrap(),
+            ("Location".into(), String::new())
+        );
         let e = parse_assignment("Location").unwrap_err().to_string();
         assert!(e.contains("ATTR=VALUE") && e.contains("Location"), "{e}");
-        assert!(parse_assignment("=x").unwrap_err().to_string().contains("empty"));
-        let e = parse_assignments(&["A=1", "B=2", "A=3"]).unwrap_err().to_string();
+        assert!(parse_assignment("=x")
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
+        let e = parse_assignments(&["A=1", "B=2", "A=3"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"A\" is given twice"), "{e}");
         assert!(parse_assignments::<&str>(&[]).is_err());
     }
@@ -630,16 +870,37 @@ mod tests {
     fn edits_take_ownership_and_release_keeps_the_value() {
         let mut r = record();
         let p = prov(HAND);
-        let ch = apply_edits(&mut r, &[("OS Version".into(), "14.6-pinned".into()), ("Owner Note".into(), "loaner".into())], &p);
+        let ch = apply_edits(
+            &mut r,
+            &[
+                ("OS Version".into(), "14.6-pinned".into()),
+                ("Owner Note".into(), "loaner".into()),
+            ],
+            &p,
+        );
         assert_eq!(ch.len(), 2);
-        assert_eq!(ch[0], Change { attr: "OS Version".into(), old: Some("14.5".into()), new: "14.6-pinned".into() });
+        assert_eq!(
+            ch[0],
+            Change {
+                attr: "OS Version".into(),
+                old: Some("14.5".into()),
+                new: "14.6-pinned".into()
+            }
+        );
         assert_eq!(r.p["OS Version"].c, HAND);
         assert_eq!(r.a["Owner Note"], "loaner");
         // Setting a hand-owned attribute to its value again changes nothing.
         assert!(apply_edits(&mut r, &[("Owner Note".into(), "loaner".into())], &p).is_empty());
         // Releasing: value kept, ownership gone; releasing a source-owned attribute is a no-op.
         let ch = apply_edits(&mut r, &[("Location".into(), String::new())], &p);
-        assert_eq!(ch, vec![Change { attr: "Location".into(), old: Some("Room 4".into()), new: "Room 4".into() }]);
+        assert_eq!(
+            ch,
+            vec![Change {
+                attr: "Location".into(),
+                old: Some("Room 4".into()),
+                new: "Room 4".into()
+            }]
+        );
         assert_eq!(r.a["Location"], "Room 4");
         assert!(!r.p.contains_key("Location"));
         assert!(apply_edits(&mut r, &[("Location".into(), String::new())], &p).is_empty());
@@ -653,7 +914,15 @@ mod tests {
     #[test]
     fn record_view_and_format() {
         let mut r = record();
-        r.src.insert("jamf-prod".into(), crate::register::SourceRef { id: Some("112".into()), ci: None, run: "run-1".into(), missing: Some("2024-07-01".into()) });
+        r.src.insert(
+            "jamf-prod".into(),
+            crate::register::SourceRef {
+                id: Some("112".into()),
+                ci: None,
+                run: "run-1".into(),
+                missing: Some("2024-07-01".into()),
+            },
+        );
         let v = RecordView::from(&r);
         assert_eq!(v.attributes["Location"].set_by, HAND);
         assert_eq!(v.missing_from, vec!["jamf-prod".to_string()]);
@@ -683,19 +952,33 @@ mod tests {
             connection: HAND.into(),
             run_id: HAND_RUN.into(),
             action: "set".into(),
-            changes: vec![Change { attr: "Location".into(), old: None, new: "Room 4".into() }],
+            changes: vec![Change {
+                attr: "Location".into(),
+                old: None,
+                new: "Room 4".into(),
+            }],
         };
         let t = format_history(std::slice::from_ref(&e));
-        assert!(t.contains("Location") && t.contains("Room 4") && t.contains("hand"), "{t}");
+        assert!(
+            t.contains("Location") && t.contains("Room 4") && t.contains("hand"),
+            "{t}"
+        );
         let item = hand_history_item("Hardware", "K1", &e).unwrap();
         assert!(attr_is(&item, "pk", "R#Hardware#K1"));
-        assert!(attr_is(&item, "sk", "H#2024-06-20T09:00:00.000Z#hand#cli#set"));
+        assert!(attr_is(
+            &item,
+            "sk",
+            "H#2024-06-20T09:00:00.000Z#hand#cli#set"
+        ));
     }
 
     #[test]
     fn keys_normalise() {
         assert_eq!(normalise_key(ObjectType::Hardware, " c02xk1 "), "C02XK1");
-        assert_eq!(normalise_key(ObjectType::Person, "Alice@Example.com"), "alice@example.com");
+        assert_eq!(
+            normalise_key(ObjectType::Person, "Alice@Example.com"),
+            "alice@example.com"
+        );
         assert_eq!(normalise_key(ObjectType::Person, "5f9e8d"), "5f9e8d");
     }
 }

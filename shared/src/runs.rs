@@ -411,19 +411,7 @@ impl Runs {
             .expression_attribute_values(":one", n(1))
             .build()
             .map_err(|e| AwsError::Item(e.to_string()))?;
-        let res = self
-            .store
-            .ddb
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(mark).build())
-            .transact_items(TransactWriteItem::builder().update(run).build())
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(dyn_err("TransactWriteItems", e)),
-        }
+        self.store.transact(vec![TransactWriteItem::builder().update(mark).build(), TransactWriteItem::builder().update(run).build()]).await
     }
 
     /// Mark a run failed (fetch error) and release its lease.
@@ -647,19 +635,7 @@ impl Runs {
             .expression_attribute_values(":minus", n(-1))
             .build()
             .map_err(|e| AwsError::Item(e.to_string()))?;
-        let res = self
-            .store
-            .ddb
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().delete(del).build())
-            .transact_items(TransactWriteItem::builder().update(run).build())
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(dyn_err("TransactWriteItems", e)),
-        }
+        self.store.transact(vec![TransactWriteItem::builder().delete(del).build(), TransactWriteItem::builder().update(run).build()]).await
     }
 }
 

@@ -277,6 +277,15 @@ impl Store {
         Ok(last + 1 - count)
     }
 
+    /// Write several items in one transaction. Returns false when one of its conditions failed.
+    pub async fn transact(&self, items: Vec<aws_sdk_dynamodb::types::TransactWriteItem>) -> Result<bool, AwsError> {
+        match self.ddb.transact_write_items().set_transact_items(Some(items)).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(dyn_err("TransactWriteItems", e)),
+        }
+    }
+
     /// Delete an item if a condition holds (`None`: unconditionally).
     pub async fn delete(&self, pk: &str, sk: &str, condition: Option<(&str, Vec<(&str, AttributeValue)>)>) -> Result<bool, AwsError> {
         let mut req = self.ddb.delete_item().table_name(&self.table).set_key(Some(Self::key(pk, sk)));
