@@ -26,9 +26,7 @@ use crate::importer::HistoryEntry;
 use crate::normalize;
 use crate::register::{attr, Change, Provenance, StoredRecord, HAND};
 use crate::runs::Runs;
-use crate::store::{
-    dyn_err, from_item, n, record_pk, s, to_item, EmailEntry, PersonRef, Store,
-};
+use crate::store::{dyn_err, from_item, n, record_pk, s, to_item, EmailEntry, PersonRef, Store};
 
 /// The connection name hand edits are recorded under, and the run/page parts of their history key.
 pub const HAND_RUN: &str = "hand";
@@ -341,7 +339,12 @@ async fn write_edit(
         .set_item(Some(hand_history_item(&rec.object_type, &rec.key, entry)?))
         .build()
         .map_err(|e| AwsError::Item(e.to_string()))?;
-    store.transact(vec![TransactWriteItem::builder().put(put_rec).build(), TransactWriteItem::builder().put(put_hist).build()]).await
+    store
+        .transact(vec![
+            TransactWriteItem::builder().put(put_rec).build(),
+            TransactWriteItem::builder().put(put_hist).build(),
+        ])
+        .await
 }
 
 /// The email index entry a person record contributes: (email, status, display name).

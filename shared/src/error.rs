@@ -7,19 +7,40 @@ use thiserror::Error;
 pub enum ConnectorError {
     /// The vendor refused the credentials (wrong secret, revoked token, expired key).
     #[error("{vendor} rejected the credentials: {detail}")]
-    Auth { vendor: &'static str, detail: String },
+    Auth {
+        vendor: &'static str,
+        detail: String,
+    },
     /// The credentials are valid but lack a permission.
     #[error("{vendor} denied access to {path} (HTTP 403): {detail}")]
-    Forbidden { vendor: &'static str, path: String, detail: String },
+    Forbidden {
+        vendor: &'static str,
+        path: String,
+        detail: String,
+    },
     /// Any other non-success status that retrying will not fix.
     #[error("{vendor} answered HTTP {status} for {path}: {detail}")]
-    Status { vendor: &'static str, status: u16, path: String, detail: String },
+    Status {
+        vendor: &'static str,
+        status: u16,
+        path: String,
+        detail: String,
+    },
     /// The vendor kept failing (429/5xx/network) past the retry budget.
     #[error("{vendor} kept failing for {path} after {attempts} attempts: {detail}")]
-    Exhausted { vendor: &'static str, path: String, attempts: u32, detail: String },
+    Exhausted {
+        vendor: &'static str,
+        path: String,
+        attempts: u32,
+        detail: String,
+    },
     /// The vendor's body was not the JSON we expect.
     #[error("{vendor} sent a malformed response for {path}: {detail}")]
-    Malformed { vendor: &'static str, path: String, detail: String },
+    Malformed {
+        vendor: &'static str,
+        path: String,
+        detail: String,
+    },
     /// The connection's configuration (secret fields, mapping config, base URL) is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -31,7 +52,10 @@ pub enum ConnectorError {
 impl ConnectorError {
     /// Whether a later attempt (SQS redelivery, next continuation) may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ConnectorError::Exhausted { .. } | ConnectorError::State(_))
+        matches!(
+            self,
+            ConnectorError::Exhausted { .. } | ConnectorError::State(_)
+        )
     }
 }
 
@@ -73,7 +97,11 @@ pub enum SyncError {
     #[error(transparent)]
     Aws(#[from] AwsError),
     #[error("connection {connection} already has run {run_id} in progress (started {started_at}); nothing was started")]
-    AlreadyRunning { connection: String, run_id: String, started_at: String },
+    AlreadyRunning {
+        connection: String,
+        run_id: String,
+        started_at: String,
+    },
     #[error("{0}")]
     Other(String),
 }

@@ -113,7 +113,8 @@ pub struct ConnectionEvent {
 impl ConnectionEvent {
     /// Parse and check an event, naming the problem when it is wrong.
     pub fn parse(value: serde_json::Value) -> Result<Self, SyncError> {
-        let ev: ConnectionEvent = serde_json::from_value(value).map_err(|e| SyncError::Event(e.to_string()))?;
+        let ev: ConnectionEvent =
+            serde_json::from_value(value).map_err(|e| SyncError::Event(e.to_string()))?;
         ev.validate()?;
         Ok(ev)
     }
@@ -188,7 +189,10 @@ mod tests {
 
     #[test]
     fn defaults_apply() {
-        let ev = ConnectionEvent::parse(json!({"connection": "jamf-prod", "source": "jamf", "secret_id": "s"})).unwrap();
+        let ev = ConnectionEvent::parse(
+            json!({"connection": "jamf-prod", "source": "jamf", "secret_id": "s"}),
+        )
+        .unwrap();
         assert_eq!(ev.object_type, ObjectType::Hardware);
         assert_eq!(ev.mode, Mode::CreateUpdate);
         assert_eq!(ev.action, Action::Sync);
@@ -196,7 +200,9 @@ mod tests {
 
     #[test]
     fn unknown_source_is_named() {
-        let err = ConnectionEvent::parse(json!({"connection": "x", "source": "jamff", "secret_id": "s"})).unwrap_err();
+        let err =
+            ConnectionEvent::parse(json!({"connection": "x", "source": "jamff", "secret_id": "s"}))
+                .unwrap_err();
         assert!(err.to_string().contains("jamff"), "{err}");
     }
 }

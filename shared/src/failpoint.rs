@@ -20,7 +20,11 @@ pub fn arm(name: &str, times: u32) {
 
 /// Hits of `name` still armed.
 pub fn remaining(name: &str) -> u32 {
-    ARMED.lock().ok().and_then(|m| m.get(name).copied()).unwrap_or(0)
+    ARMED
+        .lock()
+        .ok()
+        .and_then(|m| m.get(name).copied())
+        .unwrap_or(0)
 }
 
 /// A crash point: `Err` when armed.
@@ -28,7 +32,9 @@ pub fn hit(name: &str) -> Result<(), SyncError> {
     if !ANY.load(Ordering::Relaxed) {
         return Ok(());
     }
-    let Ok(mut m) = ARMED.lock() else { return Ok(()) };
+    let Ok(mut m) = ARMED.lock() else {
+        return Ok(());
+    };
     match m.get_mut(name) {
         Some(n) if *n > 0 => {
             *n -= 1;

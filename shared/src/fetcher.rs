@@ -48,7 +48,8 @@ pub fn resolve_mapping(event: &ConnectionEvent) -> Result<Mapping, SyncError> {
     // Parse the config lines first so their errors name the user's lines.
     let user = Mapping::parse(&format!("{text}\nkey:x=__k")).map_err(SyncError::Mapping)?;
     let default = connectors::default_mapping(event.source, event.object_type, user.config("api"))?;
-    let mut m = Mapping::parse(default).map_err(|e| SyncError::Other(format!("built-in {} mapping: {e}", event.source)))?;
+    let mut m = Mapping::parse(default)
+        .map_err(|e| SyncError::Other(format!("built-in {} mapping: {e}", event.source)))?;
     m.config.extend(user.config);
     Ok(m)
 }
@@ -56,25 +57,53 @@ pub fn resolve_mapping(event: &ConnectionEvent) -> Result<Mapping, SyncError> {
 impl Fetcher {
     /// Build from settings and the SDK config.
     pub fn new(settings: Settings, sdk: &aws_config::SdkConfig) -> Self {
-        Self::with_clients(settings, aws_sdk_dynamodb::Client::new(sdk), aws_sdk_sqs::Client::new(sdk), aws_sdk_secretsmanager::Client::new(sdk))
+        Self::with_clients(
+            settings,
+            aws_sdk_dynamodb::Client::new(sdk),
+            aws_sdk_sqs::Client::new(sdk),
+            aws_sdk_secretsmanager::Client::new(sdk),
+        )
     }
 
     /// Build from ready clients (tests wrap them in counting layers).
-    pub fn with_clients(settings: Settings, ddb: aws_sdk_dynamodb::Client, sqs: aws_sdk_sqs::Client, secrets: aws_sdk_secretsmanager::Client) -> Self {
+    pub fn with_clients(
+        settings: Settings,
+        ddb: aws_sdk_dynamodb::Client,
+        sqs: aws_sdk_sqs::Client,
+        secrets: aws_sdk_secretsmanager::Client,
+    ) -> Self {
         let store = Store::new(ddb, settings.table.clone());
-        let runs = Runs { store: store.clone(), lease_seconds: settings.lease_seconds };
-        Fetcher { sqs, secrets: SecretCache::new(secrets, Duration::from_secs(300)), settings, store, runs }
+        let runs = Runs {
+            store: store.clone(),
+            lease_seconds: settings.lease_seconds,
+        };
+        Fetcher {
+            sqs,
+            secrets: SecretCache::new(secrets, Duration::from_secs(300)),
+            settings,
+            store,
+            runs,
+        }
     }
 
     /// Handle any fetcher input: a connection event, or an SQS batch from the fetch queue.
-    pub async fn handle(&self, payload: Value, deadline: Option<Instant>) -> Result<Value, SyncError> {
+    pub async fn handle(
+        &self,
+        payload: Value,
+        deadline: Option<Instant>,
+    ) -> Result<Value, SyncError> {
         if let Some(records) = payload.get("Records").and_then(Value::as_array) {
             let mut out = Vec::new();
             for r in records {
                 let body = r.get("body").and_then(Value::as_str).unwrap_or_default();
-                let cont: Continuation = serde_json::from_str(body).map_err(|e| SyncError::Event(format!("fetch-queue message is not a continuation: {e}")))?;
+                let cont: Continuation = serde_json::from_str(body).map_err(|e| {
+                    SyncError::Event(format!("fetch-queue message is not a continuation: {e}"))
+                })?;
                 cont.event.validate()?;
-                out.push(serde_json::to_value(self.continue_run(&cont, deadline).await?).unwrap_or(Value::Null));
+                out.push(
+                    serde_json::to_value(self.continue_run(&cont, deadline).await?)
+                        .unwrap_or(Value::Null),
+                );
             }
             return Ok(json!({ "continued": out }));
         }
@@ -86,7 +115,12 @@ impl Fetcher {
         }
     }
 
-    async fn connector(&self, event: &ConnectionEvent, mapping: &Mapping, force_secret: bool) -> Result<Box<dyn Connector>, SyncError> {
+    async fn connector(
+        &self,
+        event: &ConnectionEvent,
+        mapping: &Mapping,
+        force_secret: bool,
+    ) -> Result<Box<dyn Connector>, SyncError> {
         let secret = self.secrets.get(&event.secret_id, force_secret).await?;
         if let Some(field) = placeholder_field(&secret) {
             return Err(SyncError::Secret {
@@ -94,16 +128,33 @@ impl Fetcher {
                 detail: format!("field `{field}` still holds the template's placeholder REPLACE_ME; put the real value in Secrets Manager"),
             });
         }
-        let state: Arc<dyn StateStore> = Arc::new(DynamoState { store: self.store.clone(), connection: event.connection.clone() });
-        let ctx = ConnectorContext { connection: event.connection.clone(), object_type: event.object_type, config: mapping.config.clone(), state };
-        connectors::build(event.source, &secret, ctx).await.map_err(|e| match e {
-            ConnectorError::Config(m) => SyncError::Secret { secret_id: event.secret_id.clone(), detail: m },
-            other => other.into(),
-        })
+        let state: Arc<dyn StateStore> = Arc::new(DynamoState {
+            store: self.store.clone(),
+            connection: event.connection.clone(),
+        });
+        let ctx = ConnectorContext {
+            connection: event.connection.clone(),
+            object_type: event.object_type,
+            config: mapping.config.clone(),
+            state,
+        };
+        connectors::build(event.source, &secret, ctx)
+            .await
+            .map_err(|e| match e {
+                ConnectorError::Config(m) => SyncError::Secret {
+                    secret_id: event.secret_id.clone(),
+                    detail: m,
+                },
+                other => other.into(),
+            })
     }
 
     /// Start (or resume) a sync run and fetch until done or near the deadline.
-    pub async fn sync(&self, event: &ConnectionEvent, deadline: Option<Instant>) -> Result<Value, SyncError> {
+    pub async fn sync(
+        &self,
+        event: &ConnectionEvent,
+        deadline: Option<Instant>,
+    ) -> Result<Value, SyncError> {
         let mapping = resolve_mapping(event)?;
         let connector = self.connector(event, &mapping, false).await?;
         let run = match self.runs.start(event).await {
@@ -113,34 +164,58 @@ impl Fetcher {
                     SyncError::AlreadyRunning { run_id, .. } => run_id.clone(),
                     _ => String::new(),
                 };
-                return Ok(json!({"started": false, "running_run_id": run_id, "message": e.to_string()}));
+                return Ok(
+                    json!({"started": false, "running_run_id": run_id, "message": e.to_string()}),
+                );
             }
             Err(e) => return Err(e),
         };
         tracing::info!(run_id = %run.run_id, connection = %event.connection, "sync run started");
-        self.fetch_loop(event, &mapping, connector, run, deadline).await
+        self.fetch_loop(event, &mapping, connector, run, deadline)
+            .await
     }
 
     /// Continue a run handed over through the fetch queue.
-    pub async fn continue_run(&self, cont: &Continuation, deadline: Option<Instant>) -> Result<Value, SyncError> {
+    pub async fn continue_run(
+        &self,
+        cont: &Continuation,
+        deadline: Option<Instant>,
+    ) -> Result<Value, SyncError> {
         let Some(run) = self.runs.get(&cont.run_id).await? else {
-            return Err(SyncError::Event(format!("run {} does not exist", cont.run_id)));
+            return Err(SyncError::Event(format!(
+                "run {} does not exist",
+                cont.run_id
+            )));
         };
         if run.status != "running" || run.fetch_complete {
             // A duplicate hand-over, or the run ended meanwhile: nothing to do.
-            return Ok(json!({"run_id": run.run_id, "status": run.status, "message": "nothing left to fetch"}));
+            return Ok(
+                json!({"run_id": run.run_id, "status": run.status, "message": "nothing left to fetch"}),
+            );
         }
         if !self.runs.heartbeat(&run).await? {
-            return Ok(json!({"run_id": run.run_id, "message": "another fetcher holds this connection's lease"}));
+            return Ok(
+                json!({"run_id": run.run_id, "message": "another fetcher holds this connection's lease"}),
+            );
         }
         let mapping = resolve_mapping(&cont.event)?;
         let connector = self.connector(&cont.event, &mapping, false).await?;
-        self.fetch_loop(&cont.event, &mapping, connector, run, deadline).await
+        self.fetch_loop(&cont.event, &mapping, connector, run, deadline)
+            .await
     }
 
-    async fn fetch_loop(&self, event: &ConnectionEvent, mapping: &Mapping, mut connector: Box<dyn Connector>, mut run: RunItem, deadline: Option<Instant>) -> Result<Value, SyncError> {
+    async fn fetch_loop(
+        &self,
+        event: &ConnectionEvent,
+        mapping: &Mapping,
+        mut connector: Box<dyn Connector>,
+        mut run: RunItem,
+        deadline: Option<Instant>,
+    ) -> Result<Value, SyncError> {
         let mut cursor: Option<Cursor> = match &run.cursor {
-            Some(c) => Some(Cursor(serde_json::from_str(c).map_err(|e| SyncError::Other(format!("stored cursor is unreadable: {e}")))?)),
+            Some(c) => Some(Cursor(serde_json::from_str(c).map_err(|e| {
+                SyncError::Other(format!("stored cursor is unreadable: {e}"))
+            })?)),
             None => None,
         };
         let mut last_http = HttpCounts::default();
@@ -150,7 +225,9 @@ impl Fetcher {
                 if d.saturating_duration_since(Instant::now()) < self.settings.time_reserve {
                     self.hand_over(event, &run.run_id, 0).await?;
                     tracing::info!(run_id = %run.run_id, page = run.next_page, "time budget low: handed over to the fetch queue");
-                    return self.summary_value(&run, Some("continuing through the fetch queue")).await;
+                    return self
+                        .summary_value(&run, Some("continuing through the fetch queue"))
+                        .await;
                 }
             }
             let page = match connector.fetch_page(cursor.as_ref()).await {
@@ -166,7 +243,12 @@ impl Fetcher {
             };
             let page_no = run.next_page;
             let raw_count = page.records.len() as u64;
-            let (records, skipped) = map_page(mapping, connector.as_ref(), &page.records, event.object_type);
+            let (records, skipped) = map_page(
+                mapping,
+                connector.as_ref(),
+                &page.records,
+                event.object_type,
+            );
             drop(page.records);
             let chunks = split_page(&run, event, page_no, records, skipped)?;
             for body in &chunks {
@@ -176,7 +258,10 @@ impl Fetcher {
                     .message_body(body)
                     .send()
                     .await
-                    .map_err(|e| AwsError::Sqs { op: "SendMessage", detail: DisplayErrorContext(e).to_string() })?;
+                    .map_err(|e| AwsError::Sqs {
+                        op: "SendMessage",
+                        detail: DisplayErrorContext(e).to_string(),
+                    })?;
             }
             crate::failpoint::hit("fetcher.after_send")?;
             let http = connector.http_counts();
@@ -188,7 +273,18 @@ impl Fetcher {
             };
             last_http = http;
             let next_text = page.next.as_ref().map(|c| c.0.to_string());
-            run = self.runs.checkpoint(&run.run_id, page_no, chunks.len() as u64, raw_count, next_text, page.total, delta).await?;
+            run = self
+                .runs
+                .checkpoint(
+                    &run.run_id,
+                    page_no,
+                    chunks.len() as u64,
+                    raw_count,
+                    next_text,
+                    page.total,
+                    delta,
+                )
+                .await?;
             crate::failpoint::hit("fetcher.after_checkpoint")?;
             self.runs.heartbeat(&run).await?;
             tracing::info!(run_id = %run.run_id, page = page_no, records = raw_count, messages = chunks.len(), "page sent");
@@ -201,24 +297,51 @@ impl Fetcher {
         self.summary_value(&run, None).await
     }
 
-    async fn fetch_failed(&self, event: &ConnectionEvent, run: &RunItem, e: ConnectorError) -> Result<Value, SyncError> {
+    async fn fetch_failed(
+        &self,
+        event: &ConnectionEvent,
+        run: &RunItem,
+        e: ConnectorError,
+    ) -> Result<Value, SyncError> {
         let reason = chain(&e);
         if e.is_retryable() {
             let n = self.runs.note_fetch_failure(&run.run_id, &reason).await?;
             if n < MAX_FETCH_FAILURES {
                 tracing::warn!(run_id = %run.run_id, failures = n, error = %reason, "fetch failed; retrying from the checkpoint");
                 self.hand_over(event, &run.run_id, 30 * n as i32).await?;
-                return self.summary_value(run, Some(&format!("fetch failed ({reason}); retrying from the last checkpoint"))).await;
+                return self
+                    .summary_value(
+                        run,
+                        Some(&format!(
+                            "fetch failed ({reason}); retrying from the last checkpoint"
+                        )),
+                    )
+                    .await;
             }
         }
         tracing::error!(run_id = %run.run_id, error = %reason, "fetch failed; run failed");
-        self.runs.fail(run, &format!("fetch failed: {reason}")).await?;
-        let run = self.runs.get(&run.run_id).await?.unwrap_or_else(|| run.clone());
+        self.runs
+            .fail(run, &format!("fetch failed: {reason}"))
+            .await?;
+        let run = self
+            .runs
+            .get(&run.run_id)
+            .await?
+            .unwrap_or_else(|| run.clone());
         self.summary_value(&run, None).await
     }
 
-    async fn hand_over(&self, event: &ConnectionEvent, run_id: &str, delay_secs: i32) -> Result<(), AwsError> {
-        let body = serde_json::to_string(&Continuation { event: event.clone(), run_id: run_id.to_string() }).map_err(|e| AwsError::Item(e.to_string()))?;
+    async fn hand_over(
+        &self,
+        event: &ConnectionEvent,
+        run_id: &str,
+        delay_secs: i32,
+    ) -> Result<(), AwsError> {
+        let body = serde_json::to_string(&Continuation {
+            event: event.clone(),
+            run_id: run_id.to_string(),
+        })
+        .map_err(|e| AwsError::Item(e.to_string()))?;
         self.sqs
             .send_message()
             .queue_url(&self.settings.fetch_queue_url)
@@ -226,7 +349,10 @@ impl Fetcher {
             .delay_seconds(delay_secs.clamp(0, 900))
             .send()
             .await
-            .map_err(|e| AwsError::Sqs { op: "SendMessage", detail: DisplayErrorContext(e).to_string() })?;
+            .map_err(|e| AwsError::Sqs {
+                op: "SendMessage",
+                detail: DisplayErrorContext(e).to_string(),
+            })?;
         Ok(())
     }
 
@@ -241,10 +367,18 @@ impl Fetcher {
     /// `action: sample`: the first page, raw and mapped; nothing is written.
     pub async fn sample(&self, event: &ConnectionEvent) -> Result<Value, SyncError> {
         let mut mapping = resolve_mapping(event)?;
-        mapping.config.entry("page_size".into()).or_insert_with(|| "25".into());
+        mapping
+            .config
+            .entry("page_size".into())
+            .or_insert_with(|| "25".into());
         let connector = self.connector(event, &mapping, false).await?;
         let page = connector.fetch_page(None).await?;
-        let (mapped, skipped) = map_page(&mapping, connector.as_ref(), &page.records, event.object_type);
+        let (mapped, skipped) = map_page(
+            &mapping,
+            connector.as_ref(),
+            &page.records,
+            event.object_type,
+        );
         Ok(json!({
             "connection": event.connection,
             "source": event.source,
@@ -273,30 +407,55 @@ impl Fetcher {
 
 /// The first field of a secret still holding the template's placeholder.
 fn placeholder_field(secret: &Value) -> Option<String> {
-    secret.as_object()?.iter().find(|(_, v)| v.as_str().is_some_and(|s| s.contains("REPLACE_ME"))).map(|(k, _)| k.clone())
+    secret
+        .as_object()?
+        .iter()
+        .find(|(_, v)| v.as_str().is_some_and(|s| s.contains("REPLACE_ME")))
+        .map(|(k, _)| k.clone())
 }
 
 /// Map one raw record, with the connector's id, check-in time and parent.
-pub fn map_one(mapping: &Mapping, connector: &dyn Connector, raw: &Value, ot: crate::event::ObjectType) -> MappedRecord {
+pub fn map_one(
+    mapping: &Mapping,
+    connector: &dyn Connector,
+    raw: &Value,
+    ot: crate::event::ObjectType,
+) -> MappedRecord {
     let mut m = mapping.apply(raw, ot);
     m.source_id = connector.source_id(raw);
-    m.checked_in = connector.checked_in(raw).map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    m.parent = connector.parent_key(raw).and_then(|p| crate::normalize::serial(&p));
+    m.checked_in = connector
+        .checked_in(raw)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    m.parent = connector
+        .parent_key(raw)
+        .and_then(|p| crate::normalize::serial(&p));
     m
 }
 
 /// Map a page; records without a key become `skipped` entries with the reason.
-pub fn map_page(mapping: &Mapping, connector: &dyn Connector, raws: &[Value], ot: crate::event::ObjectType) -> (Vec<MappedRecord>, Vec<RecordError>) {
+pub fn map_page(
+    mapping: &Mapping,
+    connector: &dyn Connector,
+    raws: &[Value],
+    ot: crate::event::ObjectType,
+) -> (Vec<MappedRecord>, Vec<RecordError>) {
     let mut records = Vec::with_capacity(raws.len());
     let mut skipped = Vec::new();
     for raw in raws {
         let m = map_one(mapping, connector, raw, ot);
         if m.key.is_none() {
             let id = m.source_id.clone().unwrap_or_else(|| "(no id)".into());
-            let name = m.attrs.get("Name").map(|n| format!(" ({n})")).unwrap_or_default();
+            let name = m
+                .attrs
+                .get("Name")
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
             skipped.push(RecordError {
                 key: format!("{id}{name}"),
-                reason: format!("no usable `{}` (missing, empty or a placeholder)", mapping.key_attr()),
+                reason: format!(
+                    "no usable `{}` (missing, empty or a placeholder)",
+                    mapping.key_attr()
+                ),
             });
         } else {
             records.push(m);
@@ -306,7 +465,13 @@ pub fn map_page(mapping: &Mapping, connector: &dyn Connector, raws: &[Value], ot
 }
 
 /// Split a page into message bodies under the SQS size limit (halving until each fits).
-pub fn split_page(run: &RunItem, event: &ConnectionEvent, page_no: u32, records: Vec<MappedRecord>, skipped: Vec<RecordError>) -> Result<Vec<String>, SyncError> {
+pub fn split_page(
+    run: &RunItem,
+    event: &ConnectionEvent,
+    page_no: u32,
+    records: Vec<MappedRecord>,
+    skipped: Vec<RecordError>,
+) -> Result<Vec<String>, SyncError> {
     if records.is_empty() && skipped.is_empty() {
         return Ok(vec![]);
     }
@@ -326,10 +491,15 @@ pub fn split_page(run: &RunItem, event: &ConnectionEvent, page_no: u32, records:
         let per = records.len().div_ceil(parts).max(1);
         let mut bodies = Vec::new();
         let mut fits = true;
-        let groups: Vec<Vec<MappedRecord>> = if records.is_empty() { vec![vec![]] } else { records.chunks(per).map(|c| c.to_vec()).collect() };
+        let groups: Vec<Vec<MappedRecord>> = if records.is_empty() {
+            vec![vec![]]
+        } else {
+            records.chunks(per).map(|c| c.to_vec()).collect()
+        };
         for (i, group) in groups.into_iter().enumerate() {
             let sk = if i == 0 { skipped.clone() } else { vec![] };
-            let body = serde_json::to_string(&make(i as u32, group, sk)).map_err(|e| SyncError::Other(e.to_string()))?;
+            let body = serde_json::to_string(&make(i as u32, group, sk))
+                .map_err(|e| SyncError::Other(e.to_string()))?;
             if body.len() > MAX_MESSAGE_BYTES {
                 fits = false;
                 break;
@@ -340,7 +510,9 @@ pub fn split_page(run: &RunItem, event: &ConnectionEvent, page_no: u32, records:
             return Ok(bodies);
         }
         if per == 1 {
-            return Err(SyncError::Other(format!("a single record of page {page_no} is larger than an SQS message")));
+            return Err(SyncError::Other(format!(
+                "a single record of page {page_no} is larger than an SQS message"
+            )));
         }
         parts *= 2;
     }

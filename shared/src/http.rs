@@ -104,8 +104,9 @@ impl VendorHttp {
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("assetsync/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &opts.ca_cert_pem {
-            let cert = reqwest::Certificate::from_pem(pem.as_bytes())
-                .map_err(|e| ConnectorError::Config(format!("ca_cert is not a PEM certificate: {e}")))?;
+            let cert = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
+                ConnectorError::Config(format!("ca_cert is not a PEM certificate: {e}"))
+            })?;
             builder = builder.add_root_certificate(cert);
         }
         let client = builder
@@ -114,10 +115,22 @@ impl VendorHttp {
         let limiter = opts.rate_limit.and_then(|rl| {
             let n = NonZeroU32::new(rl.requests)?;
             let period = rl.per.checked_div(rl.requests)?;
-            Quota::with_period(period).map(|q| Arc::new(RateLimiter::direct(q.allow_burst(n.min(NonZeroU32::new(10).unwrap_or(n))))))
+            Quota::with_period(period).map(|q| {
+                Arc::new(RateLimiter::direct(
+                    q.allow_burst(n.min(NonZeroU32::new(10).unwrap_or(n))),
+                ))
+            })
         });
-        let inflight = opts.rate_limit.map(|rl| Arc::new(Semaphore::new(rl.concurrency.max(1))));
-        Ok(VendorHttp { client, opts, limiter, inflight, stats: Arc::new(HttpStats::default()) })
+        let inflight = opts
+            .rate_limit
+            .map(|rl| Arc::new(Semaphore::new(rl.concurrency.max(1))));
+        Ok(VendorHttp {
+            client,
+            opts,
+            limiter,
+            inflight,
+            stats: Arc::new(HttpStats::default()),
+        })
     }
 
     /// The underlying client, to build requests.
@@ -138,10 +151,19 @@ impl VendorHttp {
     /// Send a request, retrying 429 (honouring `Retry-After`), 5xx and network errors.
     /// Returns the response for 2xx; any other status becomes a typed error
     /// (401 → [`ConnectorError::Auth`], 403 → [`ConnectorError::Forbidden`]).
-    pub async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<Response, ConnectorError> {
+    pub async fn send(
+        &self,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<Response, ConnectorError> {
         let vendor = self.opts.vendor;
         let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(if std::env::var("ASSETSYNC_FAST_RETRY").is_ok() { 20 } else { 500 }))
+            .with_min_delay(Duration::from_millis(
+                if std::env::var("ASSETSYNC_FAST_RETRY").is_ok() {
+                    20
+                } else {
+                    500
+                },
+            ))
             .with_max_delay(self.opts.max_wait)
             .with_jitter()
             .without_max_times()
@@ -149,18 +171,27 @@ impl VendorHttp {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let req = build().build().map_err(|e| ConnectorError::Config(format!("bad request: {e}")))?;
+            let req = build()
+                .build()
+                .map_err(|e| ConnectorError::Config(format!("bad request: {e}")))?;
             let path = req.url().path().to_string();
             if let Some(l) = &self.limiter {
                 let start = std::time::Instant::now();
                 l.until_ready().await;
                 let waited = start.elapsed();
                 if waited > Duration::from_millis(5) {
-                    self.stats.throttle_wait_ms.fetch_add(waited.as_millis() as u64, Ordering::Relaxed);
+                    self.stats
+                        .throttle_wait_ms
+                        .fetch_add(waited.as_millis() as u64, Ordering::Relaxed);
                 }
             }
             let _permit = match &self.inflight {
-                Some(s) => Some(s.clone().acquire_owned().await.map_err(|e| ConnectorError::Config(e.to_string()))?),
+                Some(s) => Some(
+                    s.clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|e| ConnectorError::Config(e.to_string()))?,
+                ),
                 None => None,
             };
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -171,28 +202,60 @@ impl VendorHttp {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
                     self.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                    let wait = retry_after(&resp).unwrap_or(next_wait).min(self.opts.max_wait);
-                    self.stats.throttle_wait_ms.fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
+                    let wait = retry_after(&resp)
+                        .unwrap_or(next_wait)
+                        .min(self.opts.max_wait);
+                    self.stats
+                        .throttle_wait_ms
+                        .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
                     (wait, format!("HTTP 429 {}", body_excerpt(resp).await))
                 }
-                Ok(resp) if resp.status().is_server_error() || resp.status() == StatusCode::REQUEST_TIMEOUT => {
+                Ok(resp)
+                    if resp.status().is_server_error()
+                        || resp.status() == StatusCode::REQUEST_TIMEOUT =>
+                {
                     let status = resp.status();
-                    let wait = retry_after(&resp).unwrap_or(next_wait).min(self.opts.max_wait);
-                    (wait, format!("HTTP {} {}", status.as_u16(), body_excerpt(resp).await))
+                    let wait = retry_after(&resp)
+                        .unwrap_or(next_wait)
+                        .min(self.opts.max_wait);
+                    (
+                        wait,
+                        format!("HTTP {} {}", status.as_u16(), body_excerpt(resp).await),
+                    )
                 }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let detail = body_excerpt(resp).await;
                     return Err(match status {
-                        401 => ConnectorError::Auth { vendor, detail: format!("HTTP 401 for {path}: {detail}") },
-                        403 => ConnectorError::Forbidden { vendor, path, detail },
-                        _ => ConnectorError::Status { vendor, status, path, detail },
+                        401 => ConnectorError::Auth {
+                            vendor,
+                            detail: format!("HTTP 401 for {path}: {detail}"),
+                        },
+                        403 => ConnectorError::Forbidden {
+                            vendor,
+                            path,
+                            detail,
+                        },
+                        _ => ConnectorError::Status {
+                            vendor,
+                            status,
+                            path,
+                            detail,
+                        },
                     });
                 }
-                Err(e) => (next_wait, format!("network error: {}", redact_url(&e.to_string()))),
+                Err(e) => (
+                    next_wait,
+                    format!("network error: {}", redact_url(&e.to_string())),
+                ),
             };
             if attempt >= self.opts.max_attempts {
-                return Err(ConnectorError::Exhausted { vendor, path, attempts: attempt, detail });
+                return Err(ConnectorError::Exhausted {
+                    vendor,
+                    path,
+                    attempts: attempt,
+                    detail,
+                });
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(vendor, path = %path, attempt, wait_ms = wait.as_millis() as u64, detail = %detail, "retrying vendor request");
@@ -201,14 +264,20 @@ impl VendorHttp {
     }
 
     /// Send and parse a JSON body.
-    pub async fn json<T: DeserializeOwned>(&self, build: impl Fn() -> RequestBuilder) -> Result<T, ConnectorError> {
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<T, ConnectorError> {
         let resp = self.send(build).await?;
         parse_json(self.opts.vendor, resp).await
     }
 }
 
 /// Parse a response body as JSON, naming the path on failure.
-pub async fn parse_json<T: DeserializeOwned>(vendor: &'static str, resp: Response) -> Result<T, ConnectorError> {
+pub async fn parse_json<T: DeserializeOwned>(
+    vendor: &'static str,
+    resp: Response,
+) -> Result<T, ConnectorError> {
     let path = resp.url().path().to_string();
     let bytes = resp.bytes().await.map_err(|e| ConnectorError::Exhausted {
         vendor,
@@ -216,11 +285,20 @@ pub async fn parse_json<T: DeserializeOwned>(vendor: &'static str, resp: Respons
         attempts: 1,
         detail: format!("reading the body failed: {e}"),
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ConnectorError::Malformed { vendor, path, detail: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| ConnectorError::Malformed {
+        vendor,
+        path,
+        detail: e.to_string(),
+    })
 }
 
 fn retry_after(resp: &Response) -> Option<Duration> {
-    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let v = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = v.parse::<f64>() {
         return (secs >= 0.0).then(|| Duration::from_secs_f64(secs));
     }
@@ -251,7 +329,8 @@ fn redact_url(s: &str) -> String {
 
 /// Check a base URL: https, or plain http only on a loopback address (tests and simulators).
 pub fn check_base_url(raw: &str, field: &str) -> Result<Url, ConnectorError> {
-    let url = Url::parse(raw.trim()).map_err(|e| ConnectorError::Config(format!("`{field}` {raw:?} is not a URL: {e}")))?;
+    let url = Url::parse(raw.trim())
+        .map_err(|e| ConnectorError::Config(format!("`{field}` {raw:?} is not a URL: {e}")))?;
     match url.scheme() {
         "https" => {}
         "http" if is_loopback(&url) => {}
@@ -263,7 +342,9 @@ pub fn check_base_url(raw: &str, field: &str) -> Result<Url, ConnectorError> {
         s => return Err(ConnectorError::Config(format!("`{field}` has unsupported scheme `{s}`: {raw}"))),
     }
     if url.host_str().is_none() {
-        return Err(ConnectorError::Config(format!("`{field}` has no host: {raw}")));
+        return Err(ConnectorError::Config(format!(
+            "`{field}` has no host: {raw}"
+        )));
     }
     Ok(url)
 }

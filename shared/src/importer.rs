@@ -12,7 +12,9 @@ use crate::event::{ObjectType, PageMessage};
 use crate::infer;
 use crate::mapping::MappedRecord;
 use crate::normalize;
-use crate::register::{attr, decide, dedupe_page, Change, Decision, Provenance, SourceRef, StoredRecord, Writer};
+use crate::register::{
+    attr, decide, dedupe_page, Change, Decision, Provenance, SourceRef, StoredRecord, Writer,
+};
 use crate::runs::{member_item, now, PageMarker, Runs};
 use crate::settings::Settings;
 use crate::store::{record_pk, to_item, EmailEntry, Item, PersonRef, Store};
@@ -29,8 +31,15 @@ impl Importer {
     /// Build from settings and a DynamoDB client.
     pub fn new(settings: Settings, ddb: aws_sdk_dynamodb::Client) -> Self {
         let store = Store::new(ddb, settings.table.clone());
-        let runs = Runs { store: store.clone(), lease_seconds: settings.lease_seconds };
-        Importer { settings, store, runs }
+        let runs = Runs {
+            store: store.clone(),
+            lease_seconds: settings.lease_seconds,
+        };
+        Importer {
+            settings,
+            store,
+            runs,
+        }
     }
 
     /// Handle an SQS batch; failed messages are reported for redelivery (ReportBatchItemFailures).
@@ -55,7 +64,11 @@ impl Importer {
 
     /// Handle one message; returns whether it may be deleted.
     pub async fn handle_message(&self, m: &SqsMessage) -> bool {
-        let receives: u32 = m.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1);
+        let receives: u32 = m
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
         let body = m.body.as_deref().unwrap_or_default();
         let msg: PageMessage = match serde_json::from_str(body) {
             Ok(p) => p,
@@ -65,7 +78,8 @@ impl Importer {
                 return false;
             }
         };
-        let span = tracing::info_span!("page", run_id = %msg.run_id, page = %msg.page_id(), receives);
+        let span =
+            tracing::info_span!("page", run_id = %msg.run_id, page = %msg.page_id(), receives);
         match self.import_page(&msg).instrument(span).await {
             Ok(()) => true,
             Err(e) => {
@@ -87,15 +101,24 @@ impl Importer {
         let marker = PageMarker {
             status: "planned".into(),
             counts: Counts::default(),
-            errors: vec![RecordError { key: format!("page {page_id}"), reason: format!("dead-lettered after repeated failures: {reason}") }],
+            errors: vec![RecordError {
+                key: format!("page {page_id}"),
+                reason: format!("dead-lettered after repeated failures: {reason}"),
+            }],
             seen: vec![],
             at: now(),
         };
         let plan = self.runs.plan(&msg.run_id, &page_id, &marker).await?;
         if plan.status == "planned" {
             // Whatever was planned, a dead page counts no records: they are redriven later.
-            let dead = PageMarker { counts: Counts::default(), errors: marker.errors.clone(), ..plan };
-            self.runs.complete_page(&msg.run_id, &page_id, &dead, true).await?;
+            let dead = PageMarker {
+                counts: Counts::default(),
+                errors: marker.errors.clone(),
+                ..plan
+            };
+            self.runs
+                .complete_page(&msg.run_id, &page_id, &dead, true)
+                .await?;
         }
         self.runs.try_finish(&msg.run_id).await?;
         Ok(())
@@ -116,7 +139,13 @@ impl Importer {
             return Ok(());
         }
         let ot = msg.object_type;
-        let (kept, dups) = dedupe_page(msg.records.iter().filter(|r| r.key.is_some()).cloned().collect());
+        let (kept, dups) = dedupe_page(
+            msg.records
+                .iter()
+                .filter(|r| r.key.is_some())
+                .cloned()
+                .collect(),
+        );
         let keys: Vec<String> = kept.iter().filter_map(|r| r.key.clone()).collect();
         let stored = self.store.records(ot.as_str(), &keys).await?;
         let precedence = self.settings.precedence.clone();
@@ -129,7 +158,11 @@ impl Importer {
             precedence: &precedence,
         };
 
-        let mut counts = Counts { skipped: msg.skipped.len() as u64, duplicate: dups.len() as u64, ..Default::default() };
+        let mut counts = Counts {
+            skipped: msg.skipped.len() as u64,
+            duplicate: dups.len() as u64,
+            ..Default::default()
+        };
         let mut errors: Vec<RecordError> = msg.skipped.clone();
         let mut decisions = Vec::with_capacity(kept.len());
         for r in &kept {
@@ -149,14 +182,20 @@ impl Importer {
                     if a.is_empty() {
                         Decision::Unchanged
                     } else {
-                        Decision::Update { changes: vec![], src_changed: false, duplicate: false }
+                        Decision::Update {
+                            changes: vec![],
+                            src_changed: false,
+                            duplicate: false,
+                        }
                     }
                 }
                 (d, _) => d,
             };
             match &d {
                 Decision::Create => counts.created += 1,
-                Decision::Update { duplicate: true, .. } => counts.duplicate += 1,
+                Decision::Update {
+                    duplicate: true, ..
+                } => counts.duplicate += 1,
                 Decision::Update { .. } => counts.updated += 1,
                 Decision::Unchanged => counts.unchanged += 1,
                 Decision::NotFound => counts.not_found += 1,
@@ -164,12 +203,22 @@ impl Importer {
             }
             plans.push((r, d, cur));
         }
-        let seen: Vec<String> = keys.iter().cloned().chain(dups.iter().filter_map(|d| d.key.clone())).collect();
+        let seen: Vec<String> = keys
+            .iter()
+            .cloned()
+            .chain(dups.iter().filter_map(|d| d.key.clone()))
+            .collect();
 
         let plan = match existing {
             Some(p) => p,
             None => {
-                let marker = PageMarker { status: "planned".into(), counts, errors: errors.clone(), seen, at: now() };
+                let marker = PageMarker {
+                    status: "planned".into(),
+                    counts,
+                    errors: errors.clone(),
+                    seen,
+                    at: now(),
+                };
                 self.runs.plan(&msg.run_id, &page_id, &marker).await?
             }
         };
@@ -178,9 +227,17 @@ impl Importer {
         // Apply. Writes converge: a retry re-reads and re-decides, so nothing is written twice.
         let mut history: Vec<Item> = Vec::new();
         let mut members: Vec<Item> = Vec::new();
-        let email_updates: std::sync::Mutex<BTreeMap<String, EmailEntry>> = std::sync::Mutex::new(BTreeMap::new());
-        let creates = plans.iter().filter(|(_, d, _)| *d == Decision::Create).count() as u64;
-        let first_tag = if creates > 0 && ot == ObjectType::Hardware { self.store.take_sequence("asset_tag", creates).await? } else { 0 };
+        let email_updates: std::sync::Mutex<BTreeMap<String, EmailEntry>> =
+            std::sync::Mutex::new(BTreeMap::new());
+        let creates = plans
+            .iter()
+            .filter(|(_, d, _)| *d == Decision::Create)
+            .count() as u64;
+        let first_tag = if creates > 0 && ot == ObjectType::Hardware {
+            self.store.take_sequence("asset_tag", creates).await?
+        } else {
+            0
+        };
         let ts = now();
         // Records of a page are independent: write them with bounded concurrency.
         let mut tag = first_tag;
@@ -196,22 +253,29 @@ impl Importer {
             .collect();
         let results: Vec<_> = futures::stream::iter(jobs)
             .map(|(r, d, cur, t)| {
-                let (writer, emails, email_updates, ts, page_id) = (&writer, &emails, &email_updates, &ts, &page_id);
+                let (writer, emails, email_updates, ts, page_id) =
+                    (&writer, &emails, &email_updates, &ts, &page_id);
                 async move {
-                    let res = self.apply(&r, d, cur, writer, emails, email_updates, t, ts, page_id).await;
+                    let res = self
+                        .apply(&r, d, cur, writer, emails, email_updates, t, ts, page_id)
+                        .await;
                     (r, res)
                 }
             })
             .buffer_unordered(8)
             .collect()
             .await;
-        let email_updates = email_updates.into_inner().unwrap_or_else(|p| p.into_inner());
+        let email_updates = email_updates
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
         for (r, res) in results {
             let key = r.key.clone().unwrap_or_default();
             match res {
                 Ok(Some((changes, member, action))) => {
                     if !changes.is_empty() {
-                        history.push(history_item(ot, &key, &ts, &writer, &page_id, action, &changes)?);
+                        history.push(history_item(
+                            ot, &key, &ts, &writer, &page_id, action, &changes,
+                        )?);
                     }
                     if member {
                         members.push(member_item(&msg.connection, ot.as_str(), &key)?);
@@ -220,7 +284,10 @@ impl Importer {
                 Ok(None) => {}
                 Err(e) => {
                     // A record that cannot be written is an error of the run, not of the page.
-                    errors.push(RecordError { key: key.clone(), reason: chain(&e) });
+                    errors.push(RecordError {
+                        key: key.clone(),
+                        reason: chain(&e),
+                    });
                 }
             }
         }
@@ -233,7 +300,10 @@ impl Importer {
         self.store.batch_put(email_items).await?;
 
         let mut final_plan = plan;
-        let new_errors: Vec<RecordError> = errors.into_iter().filter(|e| !final_plan.errors.contains(e)).collect();
+        let new_errors: Vec<RecordError> = errors
+            .into_iter()
+            .filter(|e| !final_plan.errors.contains(e))
+            .collect();
         if !new_errors.is_empty() && final_plan.status == "planned" {
             // Records that failed to write move from their planned outcome to `errors`.
             let failed = new_errors.len() as u64;
@@ -242,31 +312,83 @@ impl Importer {
             final_plan.errors.extend(new_errors);
         }
         crate::failpoint::hit("importer.after_writes")?;
-        let counted = self.runs.complete_page(&msg.run_id, &page_id, &final_plan, false).await?;
+        let counted = self
+            .runs
+            .complete_page(&msg.run_id, &page_id, &final_plan, false)
+            .await?;
         crate::failpoint::hit("importer.after_count")?;
-        tracing::info!(counted, created = final_plan.counts.created, updated = final_plan.counts.updated, unchanged = final_plan.counts.unchanged, "page imported");
+        tracing::info!(
+            counted,
+            created = final_plan.counts.created,
+            updated = final_plan.counts.updated,
+            unchanged = final_plan.counts.unchanged,
+            "page imported"
+        );
         self.runs.try_finish(&msg.run_id).await?;
         Ok(())
     }
 
     async fn import_uncounted(&self, msg: &PageMessage) -> Result<(), SyncError> {
-        let (kept, _) = dedupe_page(msg.records.iter().filter(|r| r.key.is_some()).cloned().collect());
+        let (kept, _) = dedupe_page(
+            msg.records
+                .iter()
+                .filter(|r| r.key.is_some())
+                .cloned()
+                .collect(),
+        );
         let keys: Vec<String> = kept.iter().filter_map(|r| r.key.clone()).collect();
         let stored = self.store.records(msg.object_type.as_str(), &keys).await?;
         let precedence = self.settings.precedence.clone();
-        let w = Writer { connection: &msg.connection, source: msg.source.as_str(), run_id: &msg.run_id, mode: msg.mode, object_type: msg.object_type, precedence: &precedence };
-        let decisions: Vec<Decision> = kept.iter().map(|r| decide(r, r.key.as_ref().and_then(|k| stored.get(k)), &w)).collect();
-        let emails = self.load_emails(msg.object_type, &kept, &decisions, &stored).await?;
+        let w = Writer {
+            connection: &msg.connection,
+            source: msg.source.as_str(),
+            run_id: &msg.run_id,
+            mode: msg.mode,
+            object_type: msg.object_type,
+            precedence: &precedence,
+        };
+        let decisions: Vec<Decision> = kept
+            .iter()
+            .map(|r| decide(r, r.key.as_ref().and_then(|k| stored.get(k)), &w))
+            .collect();
+        let emails = self
+            .load_emails(msg.object_type, &kept, &decisions, &stored)
+            .await?;
         let updates = std::sync::Mutex::new(BTreeMap::new());
         let creates = decisions.iter().filter(|d| **d == Decision::Create).count() as u64;
-        let mut tag = if creates > 0 && msg.object_type == ObjectType::Hardware { self.store.take_sequence("asset_tag", creates).await? } else { 0 };
+        let mut tag = if creates > 0 && msg.object_type == ObjectType::Hardware {
+            self.store.take_sequence("asset_tag", creates).await?
+        } else {
+            0
+        };
         let ts = now();
         let mut history = Vec::new();
         for (r, d) in kept.iter().zip(decisions) {
             let key = r.key.clone().unwrap_or_default();
             let is_create = d == Decision::Create;
-            if let Some((changes, _, action)) = self.apply(r, d, stored.get(&key).cloned(), &w, &emails, &updates, tag, &ts, "uncounted").await? {
-                history.push(history_item(msg.object_type, &key, &ts, &w, "uncounted", action, &changes)?);
+            if let Some((changes, _, action)) = self
+                .apply(
+                    r,
+                    d,
+                    stored.get(&key).cloned(),
+                    &w,
+                    &emails,
+                    &updates,
+                    tag,
+                    &ts,
+                    "uncounted",
+                )
+                .await?
+            {
+                history.push(history_item(
+                    msg.object_type,
+                    &key,
+                    &ts,
+                    &w,
+                    "uncounted",
+                    action,
+                    &changes,
+                )?);
             }
             if is_create {
                 tag += 1;
@@ -290,7 +412,13 @@ impl Importer {
             let cur = r.key.as_ref().and_then(|k| stored.get(k));
             match ot {
                 ObjectType::Hardware => {
-                    let Some(email) = r.attrs.get(attr::USER_EMAIL).and_then(|e| normalize::email(e)) else { continue };
+                    let Some(email) = r
+                        .attrs
+                        .get(attr::USER_EMAIL)
+                        .and_then(|e| normalize::email(e))
+                    else {
+                        continue;
+                    };
                     let settled = cur.is_some_and(|c| {
                         c.a.get(attr::ASSIGNED_TO).map(|a| a.to_lowercase()) == Some(email.clone())
                             && c.a.get(attr::STATUS).map(String::as_str) == Some("assigned")
@@ -300,13 +428,20 @@ impl Importer {
                     }
                 }
                 ObjectType::Person => {
-                    if matches!(d, Decision::Unchanged | Decision::Duplicate | Decision::NotFound) {
+                    if matches!(
+                        d,
+                        Decision::Unchanged | Decision::Duplicate | Decision::NotFound
+                    ) {
                         continue;
                     }
-                    if let Some(email) = r.attrs.get(attr::EMAIL).and_then(|e| normalize::email(e)) {
+                    if let Some(email) = r.attrs.get(attr::EMAIL).and_then(|e| normalize::email(e))
+                    {
                         wanted.push(email);
                     }
-                    if let Some(old) = cur.and_then(|c| c.a.get(attr::EMAIL)).and_then(|e| normalize::email(e)) {
+                    if let Some(old) = cur
+                        .and_then(|c| c.a.get(attr::EMAIL))
+                        .and_then(|e| normalize::email(e))
+                    {
                         wanted.push(old);
                     }
                 }
@@ -316,7 +451,10 @@ impl Importer {
         if wanted.is_empty() {
             return Ok(HashMap::new());
         }
-        let keys: Vec<(String, String)> = wanted.iter().map(|e| (format!("E#{e}"), "#".to_string())).collect();
+        let keys: Vec<(String, String)> = wanted
+            .iter()
+            .map(|e| (format!("E#{e}"), "#".to_string()))
+            .collect();
         let items = self.store.batch_get(&keys).await?;
         let mut out = HashMap::new();
         for e in wanted {
@@ -347,8 +485,18 @@ impl Importer {
         let ot = w.object_type;
         let key = r.key.clone().unwrap_or_default();
         for _attempt in 0..6 {
-            let prov = Provenance { c: w.connection.to_string(), s: w.source.to_string(), t: ts.to_string(), r: w.run_id.to_string() };
-            let src = SourceRef { id: r.source_id.clone(), ci: r.checked_in.clone(), run: w.run_id.to_string(), missing: None };
+            let prov = Provenance {
+                c: w.connection.to_string(),
+                s: w.source.to_string(),
+                t: ts.to_string(),
+                r: w.run_id.to_string(),
+            };
+            let src = SourceRef {
+                id: r.source_id.clone(),
+                ci: r.checked_in.clone(),
+                run: w.run_id.to_string(),
+                missing: None,
+            };
             match (&d, &cur) {
                 (Decision::Create, _) => {
                     let mut rec = StoredRecord {
@@ -364,7 +512,9 @@ impl Importer {
                         rec.p.insert(a.clone(), prov.clone());
                     }
                     if let Some(parent) = &r.parent {
-                        rec.a.entry("Device Serial".into()).or_insert_with(|| parent.clone());
+                        rec.a
+                            .entry("Device Serial".into())
+                            .or_insert_with(|| parent.clone());
                     }
                     rec.src.insert(w.connection.to_string(), src.clone());
                     if ot == ObjectType::Hardware {
@@ -382,9 +532,18 @@ impl Importer {
                         self.index_person(&rec, None, emails, &mut lock(email_updates));
                     }
                     if self.store.create_record(&rec).await? {
-                        let changes = rec.a.iter().map(|(a, v)| Change { attr: a.clone(), old: None, new: v.clone() }).collect();
+                        let changes = rec
+                            .a
+                            .iter()
+                            .map(|(a, v)| Change {
+                                attr: a.clone(),
+                                old: None,
+                                new: v.clone(),
+                            })
+                            .collect();
                         if ot == ObjectType::Person {
-                            self.assign_waiting(&rec, email_updates, w, ts, page_id).await?;
+                            self.assign_waiting(&rec, email_updates, w, ts, page_id)
+                                .await?;
                         }
                         return Ok(Some((changes, true, "created")));
                     }
@@ -395,7 +554,12 @@ impl Importer {
                 (Decision::Update { .. } | Decision::Unchanged, Some(c)) => {
                     let mut rec = c.clone();
                     let mut changes = Vec::new();
-                    if let Decision::Update { changes: cs, src_changed, .. } = &d {
+                    if let Decision::Update {
+                        changes: cs,
+                        src_changed,
+                        ..
+                    } = &d
+                    {
                         for ch in cs {
                             rec.a.insert(ch.attr.clone(), ch.new.clone());
                             rec.p.insert(ch.attr.clone(), prov.clone());
@@ -408,7 +572,11 @@ impl Importer {
                     if ot == ObjectType::Hardware {
                         let snapshot = rec.a.clone();
                         for (a, v) in assignment_changes(&snapshot, &rec, emails, w) {
-                            changes.push(Change { attr: a.clone(), old: rec.a.get(&a).cloned(), new: v.clone().unwrap_or_default() });
+                            changes.push(Change {
+                                attr: a.clone(),
+                                old: rec.a.get(&a).cloned(),
+                                new: v.clone().unwrap_or_default(),
+                            });
                             set_or_remove(&mut rec, &a, v, &prov);
                         }
                         self.note_waiting(&rec, emails, &mut lock(email_updates));
@@ -422,14 +590,19 @@ impl Importer {
                     }
                     let was_missing = c.src.get(w.connection).is_some_and(|s| s.missing.is_some());
                     if was_missing {
-                        changes.push(Change { attr: format!("missing from {}", w.connection), old: c.src.get(w.connection).and_then(|s| s.missing.clone()), new: String::new() });
+                        changes.push(Change {
+                            attr: format!("missing from {}", w.connection),
+                            old: c.src.get(w.connection).and_then(|s| s.missing.clone()),
+                            new: String::new(),
+                        });
                     }
                     let expected = rec.ver;
                     rec.ver += 1;
                     if self.store.replace_record(&rec, expected).await? {
                         let member = !c.src.contains_key(w.connection) || was_missing;
                         if ot == ObjectType::Person {
-                            self.assign_waiting(&rec, email_updates, w, ts, page_id).await?;
+                            self.assign_waiting(&rec, email_updates, w, ts, page_id)
+                                .await?;
                         }
                         return Ok(Some((changes, member, "updated")));
                     }
@@ -443,19 +616,38 @@ impl Importer {
                 (Decision::NotFound | Decision::Duplicate, _) => return Ok(None),
             }
         }
-        Err(SyncError::Other(format!("record {key} kept changing under concurrent writers; gave up after 6 tries")))
+        Err(SyncError::Other(format!(
+            "record {key} kept changing under concurrent writers; gave up after 6 tries"
+        )))
     }
 
     /// Asset tag, derived name and category: set once, on create.
-    fn created_once(&self, a: &BTreeMap<String, String>, emails: &HashMap<String, EmailEntry>, _w: &Writer<'_>, tag_no: u64) -> Vec<(String, String)> {
-        let mut out = vec![(attr::ASSET_TAG.to_string(), infer::asset_tag(&self.settings.asset_tag_prefix, self.settings.asset_tag_width, tag_no))];
+    fn created_once(
+        &self,
+        a: &BTreeMap<String, String>,
+        emails: &HashMap<String, EmailEntry>,
+        _w: &Writer<'_>,
+        tag_no: u64,
+    ) -> Vec<(String, String)> {
+        let mut out = vec![(
+            attr::ASSET_TAG.to_string(),
+            infer::asset_tag(
+                &self.settings.asset_tag_prefix,
+                self.settings.asset_tag_width,
+                tag_no,
+            ),
+        )];
         let person_name = a
             .get(attr::USER_EMAIL)
             .and_then(|e| normalize::email(e))
             .and_then(|e| emails.get(&e))
             .and_then(|entry| entry.active().and_then(|(_, p)| p.name.clone()))
             .or_else(|| a.get(attr::USER_NAME).cloned());
-        if let Some(n) = infer::asset_name(person_name.as_deref(), a.get(attr::MODEL).map(String::as_str), a.get(attr::NAME).map(String::as_str)) {
+        if let Some(n) = infer::asset_name(
+            person_name.as_deref(),
+            a.get(attr::MODEL).map(String::as_str),
+            a.get(attr::NAME).map(String::as_str),
+        ) {
             out.push((attr::ASSET_NAME.to_string(), n));
         }
         let cat = infer::category(
@@ -469,9 +661,22 @@ impl Importer {
     }
 
     /// Remember a device whose user email has no active person yet, so the person's import assigns it.
-    fn note_waiting(&self, rec: &StoredRecord, emails: &HashMap<String, EmailEntry>, updates: &mut BTreeMap<String, EmailEntry>) {
-        let Some(email) = rec.a.get(attr::USER_EMAIL).and_then(|e| normalize::email(e)) else { return };
-        let Some(entry) = emails.get(&email) else { return };
+    fn note_waiting(
+        &self,
+        rec: &StoredRecord,
+        emails: &HashMap<String, EmailEntry>,
+        updates: &mut BTreeMap<String, EmailEntry>,
+    ) {
+        let Some(email) = rec
+            .a
+            .get(attr::USER_EMAIL)
+            .and_then(|e| normalize::email(e))
+        else {
+            return;
+        };
+        let Some(entry) = emails.get(&email) else {
+            return;
+        };
         if entry.active().is_some() || entry.waiting.contains_key(&rec.key) {
             return;
         }
@@ -480,30 +685,65 @@ impl Importer {
     }
 
     /// Keep the email index in step with a person record.
-    fn index_person(&self, rec: &StoredRecord, old: Option<&StoredRecord>, emails: &HashMap<String, EmailEntry>, updates: &mut BTreeMap<String, EmailEntry>) {
+    fn index_person(
+        &self,
+        rec: &StoredRecord,
+        old: Option<&StoredRecord>,
+        emails: &HashMap<String, EmailEntry>,
+        updates: &mut BTreeMap<String, EmailEntry>,
+    ) {
         let email = rec.a.get(attr::EMAIL).and_then(|e| normalize::email(e));
-        let old_email = old.and_then(|o| o.a.get(attr::EMAIL)).and_then(|e| normalize::email(e));
+        let old_email = old
+            .and_then(|o| o.a.get(attr::EMAIL))
+            .and_then(|e| normalize::email(e));
         if old_email.is_some() && old_email != email {
             if let Some(oe) = old_email {
-                let entry = updates.entry(oe.clone()).or_insert_with(|| emails.get(&oe).cloned().unwrap_or_default());
+                let entry = updates
+                    .entry(oe.clone())
+                    .or_insert_with(|| emails.get(&oe).cloned().unwrap_or_default());
                 entry.persons.remove(&rec.key);
             }
         }
         let Some(email) = email else { return };
-        let status = rec.a.get(attr::STATUS).cloned().unwrap_or_else(|| "active".into()).to_lowercase();
-        let name = rec
+        let status = rec
             .a
-            .get(attr::DISPLAY_NAME)
+            .get(attr::STATUS)
             .cloned()
-            .or_else(|| rec.a.get(attr::FIRST_NAME).map(|f| format!("{f} {}", rec.a.get(attr::LAST_NAME).cloned().unwrap_or_default()).trim().to_string()));
-        let entry = updates.entry(email.clone()).or_insert_with(|| emails.get(&email).cloned().unwrap_or_default());
-        entry.persons.insert(rec.key.clone(), PersonRef { status, name });
+            .unwrap_or_else(|| "active".into())
+            .to_lowercase();
+        let name = rec.a.get(attr::DISPLAY_NAME).cloned().or_else(|| {
+            rec.a.get(attr::FIRST_NAME).map(|f| {
+                format!(
+                    "{f} {}",
+                    rec.a.get(attr::LAST_NAME).cloned().unwrap_or_default()
+                )
+                .trim()
+                .to_string()
+            })
+        });
+        let entry = updates
+            .entry(email.clone())
+            .or_insert_with(|| emails.get(&email).cloned().unwrap_or_default());
+        entry
+            .persons
+            .insert(rec.key.clone(), PersonRef { status, name });
     }
 
     /// A person became available: assign the devices that were waiting for them.
-    async fn assign_waiting(&self, person: &StoredRecord, updates: &std::sync::Mutex<BTreeMap<String, EmailEntry>>, w: &Writer<'_>, ts: &str, page_id: &str) -> Result<(), SyncError> {
-        let Some(email) = person.a.get(attr::EMAIL).and_then(|e| normalize::email(e)) else { return Ok(()) };
-        let Some(entry) = lock(updates).get(&email).cloned() else { return Ok(()) };
+    async fn assign_waiting(
+        &self,
+        person: &StoredRecord,
+        updates: &std::sync::Mutex<BTreeMap<String, EmailEntry>>,
+        w: &Writer<'_>,
+        ts: &str,
+        page_id: &str,
+    ) -> Result<(), SyncError> {
+        let Some(email) = person.a.get(attr::EMAIL).and_then(|e| normalize::email(e)) else {
+            return Ok(());
+        };
+        let Some(entry) = lock(updates).get(&email).cloned() else {
+            return Ok(());
+        };
         if entry.active().is_none() || entry.waiting.is_empty() {
             return Ok(());
         }
@@ -511,23 +751,46 @@ impl Importer {
         let mut history = Vec::new();
         for hw in entry.waiting.keys() {
             for _ in 0..5 {
-                let Some(mut dev) = self.store.record(ObjectType::Hardware.as_str(), hw).await? else { break };
-                let hw_writer = Writer { object_type: ObjectType::Hardware, ..w.clone() };
+                let Some(mut dev) = self.store.record(ObjectType::Hardware.as_str(), hw).await?
+                else {
+                    break;
+                };
+                let hw_writer = Writer {
+                    object_type: ObjectType::Hardware,
+                    ..w.clone()
+                };
                 let snapshot = dev.a.clone();
                 let changes = assignment_changes(&snapshot, &dev, &one, &hw_writer);
                 if changes.is_empty() {
                     break;
                 }
-                let prov = Provenance { c: w.connection.to_string(), s: w.source.to_string(), t: ts.to_string(), r: w.run_id.to_string() };
+                let prov = Provenance {
+                    c: w.connection.to_string(),
+                    s: w.source.to_string(),
+                    t: ts.to_string(),
+                    r: w.run_id.to_string(),
+                };
                 let mut hist = Vec::new();
                 for (a, v) in changes {
-                    hist.push(Change { attr: a.clone(), old: dev.a.get(&a).cloned(), new: v.clone().unwrap_or_default() });
+                    hist.push(Change {
+                        attr: a.clone(),
+                        old: dev.a.get(&a).cloned(),
+                        new: v.clone().unwrap_or_default(),
+                    });
                     set_or_remove(&mut dev, &a, v, &prov);
                 }
                 let expected = dev.ver;
                 dev.ver += 1;
                 if self.store.replace_record(&dev, expected).await? {
-                    history.push(history_item(ObjectType::Hardware, hw, ts, w, page_id, "assigned", &hist)?);
+                    history.push(history_item(
+                        ObjectType::Hardware,
+                        hw,
+                        ts,
+                        w,
+                        page_id,
+                        "assigned",
+                        &hist,
+                    )?);
                     break;
                 }
             }
@@ -545,19 +808,43 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The assignment a device should have, as changes to make (`None` removes the attribute).
-fn assignment_changes(a: &BTreeMap<String, String>, rec: &StoredRecord, emails: &HashMap<String, EmailEntry>, w: &Writer<'_>) -> Vec<(String, Option<String>)> {
-    if rec.p.get(attr::STATUS).is_some_and(|p| p.c == crate::register::HAND) || rec.p.get(attr::ASSIGNED_TO).is_some_and(|p| p.c == crate::register::HAND) {
+fn assignment_changes(
+    a: &BTreeMap<String, String>,
+    rec: &StoredRecord,
+    emails: &HashMap<String, EmailEntry>,
+    w: &Writer<'_>,
+) -> Vec<(String, Option<String>)> {
+    if rec
+        .p
+        .get(attr::STATUS)
+        .is_some_and(|p| p.c == crate::register::HAND)
+        || rec
+            .p
+            .get(attr::ASSIGNED_TO)
+            .is_some_and(|p| p.c == crate::register::HAND)
+    {
         return vec![];
     }
     let email = a.get(attr::USER_EMAIL).and_then(|e| normalize::email(e));
     let current_to = a.get(attr::ASSIGNED_TO).map(|s| s.to_lowercase());
     let current_status = a.get(attr::STATUS).cloned();
     let (status, to, note) = match &email {
-        Some(e) if current_to.as_deref() == Some(e.as_str()) && current_status.as_deref() == Some("assigned") && !emails.contains_key(e) => {
+        Some(e)
+            if current_to.as_deref() == Some(e.as_str())
+                && current_status.as_deref() == Some("assigned")
+                && !emails.contains_key(e) =>
+        {
             return vec![];
         }
         Some(e) => match emails.get(e).and_then(|entry| entry.active()) {
-            Some((pkey, _)) => ("assigned", Some(e.clone()), Some(format!("assigned by email to Person {pkey}, from {}", w.connection))),
+            Some((pkey, _)) => (
+                "assigned",
+                Some(e.clone()),
+                Some(format!(
+                    "assigned by email to Person {pkey}, from {}",
+                    w.connection
+                )),
+            ),
             None => ("available", None, None),
         },
         None => ("available", None, None),
@@ -591,7 +878,12 @@ fn set_or_remove(rec: &mut StoredRecord, a: &str, v: Option<String>, prov: &Prov
 
 /// Move `n` records from their planned outcomes to errors (created/updated first).
 fn take_from_outcomes(c: &mut Counts, mut n: u64) {
-    for f in [&mut c.created, &mut c.updated, &mut c.unchanged, &mut c.not_found] {
+    for f in [
+        &mut c.created,
+        &mut c.updated,
+        &mut c.unchanged,
+        &mut c.not_found,
+    ] {
         let t = n.min(*f);
         *f -= t;
         n -= t;
@@ -608,7 +900,25 @@ pub struct HistoryEntry {
     pub changes: Vec<Change>,
 }
 
-pub fn history_item(ot: ObjectType, key: &str, ts: &str, w: &Writer<'_>, page_id: &str, action: &str, changes: &[Change]) -> Result<Item, AwsError> {
-    let entry = HistoryEntry { at: ts.to_string(), connection: w.connection.to_string(), run_id: w.run_id.to_string(), action: action.to_string(), changes: changes.to_vec() };
-    to_item(&record_pk(ot.as_str(), key), &format!("H#{ts}#{}#{page_id}#{action}", w.run_id), &entry)
+pub fn history_item(
+    ot: ObjectType,
+    key: &str,
+    ts: &str,
+    w: &Writer<'_>,
+    page_id: &str,
+    action: &str,
+    changes: &[Change],
+) -> Result<Item, AwsError> {
+    let entry = HistoryEntry {
+        at: ts.to_string(),
+        connection: w.connection.to_string(),
+        run_id: w.run_id.to_string(),
+        action: action.to_string(),
+        changes: changes.to_vec(),
+    };
+    to_item(
+        &record_pk(ot.as_str(), key),
+        &format!("H#{ts}#{}#{page_id}#{action}", w.run_id),
+        &entry,
+    )
 }

@@ -3,22 +3,22 @@
 //! Handlers in `functions/` are thin; everything they do lives here.
 
 pub mod connectors;
+pub mod console;
 pub mod error;
 pub mod event;
+pub mod failpoint;
+pub mod fetcher;
 pub mod http;
+pub mod importer;
+pub mod infer;
+pub mod local;
 pub mod mapping;
 pub mod normalize;
-pub mod summary;
-pub mod infer;
 pub mod register;
-pub mod settings;
-pub mod store;
 pub mod runs;
 pub mod secrets;
+pub mod settings;
 pub mod state;
-pub mod importer;
-pub mod fetcher;
+pub mod store;
+pub mod summary;
 pub mod telemetry;
-pub mod local;
-pub mod console;
-pub mod failpoint;

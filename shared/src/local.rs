@@ -29,7 +29,10 @@ pub struct LocalRunner {
 }
 
 fn sqs_err(op: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> AwsError {
-    AwsError::Sqs { op, detail: DisplayErrorContext(e).to_string() }
+    AwsError::Sqs {
+        op,
+        detail: DisplayErrorContext(e).to_string(),
+    }
 }
 
 /// Convert a received SQS message into the Lambda event shape.
@@ -54,10 +57,26 @@ pub fn to_lambda_message(m: &Message, queue_arn: &str) -> SqsMessage {
 
 impl LocalRunner {
     /// Run a sync to its end and return the summary. `progress` sees the run after each step.
-    pub async fn sync(&self, event: &ConnectionEvent, mut progress: impl FnMut(&RunItem)) -> Result<RunSummary, SyncError> {
-        let started = self.fetcher.handle(serde_json::to_value(event).map_err(|e| SyncError::Other(e.to_string()))?, Some(Instant::now() + self.fetcher_budget)).await?;
+    pub async fn sync(
+        &self,
+        event: &ConnectionEvent,
+        mut progress: impl FnMut(&RunItem),
+    ) -> Result<RunSummary, SyncError> {
+        let started = self
+            .fetcher
+            .handle(
+                serde_json::to_value(event).map_err(|e| SyncError::Other(e.to_string()))?,
+                Some(Instant::now() + self.fetcher_budget),
+            )
+            .await?;
         if started.get("started") == Some(&Value::Bool(false)) {
-            return Err(SyncError::Other(started.get("message").and_then(Value::as_str).unwrap_or("a run is already in progress").to_string()));
+            return Err(SyncError::Other(
+                started
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("a run is already in progress")
+                    .to_string(),
+            ));
         }
         let run_id = started
             .get("run_id")
@@ -68,13 +87,22 @@ impl LocalRunner {
     }
 
     /// Drain both queues until `run_id` is no longer running.
-    pub async fn drain_until_done(&self, run_id: &str, progress: &mut impl FnMut(&RunItem)) -> Result<RunSummary, SyncError> {
+    pub async fn drain_until_done(
+        &self,
+        run_id: &str,
+        progress: &mut impl FnMut(&RunItem),
+    ) -> Result<RunSummary, SyncError> {
         let begin = Instant::now();
         let mut idle_rounds = 0u32;
         loop {
             let fetched = self.drain_fetch_queue().await?;
             let imported = self.drain_records_queue().await?;
-            let run = self.fetcher.runs.get(run_id).await?.ok_or_else(|| SyncError::Other(format!("run {run_id} vanished")))?;
+            let run = self
+                .fetcher
+                .runs
+                .get(run_id)
+                .await?
+                .ok_or_else(|| SyncError::Other(format!("run {run_id} vanished")))?;
             progress(&run);
             if run.status != "running" {
                 return Ok(self.fetcher.runs.summary(&run).await?);
@@ -85,7 +113,12 @@ impl LocalRunner {
                     // Every page is in but nobody finished (a crashed finisher): finish it now.
                     self.fetcher.runs.try_finish(run_id).await?;
                 }
-                tokio::time::sleep(Duration::from_millis(if idle_rounds < 10 { 100 } else { 500 })).await;
+                tokio::time::sleep(Duration::from_millis(if idle_rounds < 10 {
+                    100
+                } else {
+                    500
+                }))
+                .await;
             } else {
                 idle_rounds = 0;
             }
@@ -113,10 +146,17 @@ impl LocalRunner {
         Ok(out.messages.unwrap_or_default())
     }
 
-    async fn settle(&self, queue_url: &str, messages: &[Message], failed: &[String]) -> Result<(), SyncError> {
+    async fn settle(
+        &self,
+        queue_url: &str,
+        messages: &[Message],
+        failed: &[String],
+    ) -> Result<(), SyncError> {
         for m in messages {
             let id = m.message_id.clone().unwrap_or_default();
-            let Some(handle) = m.receipt_handle.as_deref() else { continue };
+            let Some(handle) = m.receipt_handle.as_deref() else {
+                continue;
+            };
             if failed.contains(&id) {
                 // Make it visible again soon, as a visibility timeout would (shortened locally).
                 self.sqs
@@ -128,7 +168,13 @@ impl LocalRunner {
                     .await
                     .map_err(|e| sqs_err("ChangeMessageVisibility", e))?;
             } else {
-                self.sqs.delete_message().queue_url(queue_url).receipt_handle(handle).send().await.map_err(|e| sqs_err("DeleteMessage", e))?;
+                self.sqs
+                    .delete_message()
+                    .queue_url(queue_url)
+                    .receipt_handle(handle)
+                    .send()
+                    .await
+                    .map_err(|e| sqs_err("DeleteMessage", e))?;
             }
         }
         Ok(())
@@ -141,7 +187,10 @@ impl LocalRunner {
         for m in &msgs {
             let record = to_lambda_message(m, "arn:aws:sqs:us-east-1:000000000000:fetch");
             let payload = json!({ "Records": [record] });
-            let ok = self.fetcher.handle(payload, Some(Instant::now() + self.fetcher_budget)).await;
+            let ok = self
+                .fetcher
+                .handle(payload, Some(Instant::now() + self.fetcher_budget))
+                .await;
             let failed = match ok {
                 Ok(_) => vec![],
                 Err(e) => {
@@ -165,9 +214,16 @@ impl LocalRunner {
             }
             total += msgs.len();
             let mut event = SqsEvent::default();
-            event.records = msgs.iter().map(|m| to_lambda_message(m, "arn:aws:sqs:us-east-1:000000000000:records")).collect();
+            event.records = msgs
+                .iter()
+                .map(|m| to_lambda_message(m, "arn:aws:sqs:us-east-1:000000000000:records"))
+                .collect();
             let resp = self.importer.handle_batch(event).await;
-            let failed: Vec<String> = resp.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+            let failed: Vec<String> = resp
+                .batch_item_failures
+                .iter()
+                .map(|f| f.item_identifier.clone())
+                .collect();
             self.settle(&url, &msgs, &failed).await?;
         }
         Ok(total)

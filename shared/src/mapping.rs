@@ -200,7 +200,9 @@ impl Mapping {
                 message: message.to_string(),
             };
             let Some((directive, rest)) = line.split_once(':') else {
-                return Err(err("expected `key:`, `map:` or `config:` followed by `source=Attribute`"));
+                return Err(err(
+                    "expected `key:`, `map:` or `config:` followed by `source=Attribute`",
+                ));
             };
             match directive.trim() {
                 "key" | "map" => {
@@ -214,7 +216,9 @@ impl Mapping {
                     let expr = parse_source(src.trim()).map_err(|m| err(&m))?;
                     if directive.trim() == "key" {
                         if key.is_some() {
-                            return Err(err("a mapping has exactly one `key:` line; this is the second"));
+                            return Err(err(
+                                "a mapping has exactly one `key:` line; this is the second",
+                            ));
                         }
                         key = Some((expr, attr.to_string()));
                     } else {
@@ -229,8 +233,12 @@ impl Mapping {
                         return Err(err("expected `config:name=value`"));
                     };
                     let name = name.trim();
-                    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                        return Err(err("the config name must be a word such as `api` or `filter`"));
+                    if name.is_empty()
+                        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    {
+                        return Err(err(
+                            "the config name must be a word such as `api` or `filter`",
+                        ));
                     }
                     config.insert(name.to_string(), value.trim().to_string());
                 }
@@ -250,10 +258,21 @@ impl Mapping {
         };
         if maps.iter().any(|(_, a)| *a == key.1) {
             // The key attribute is written from the key line; a map line for it would disagree.
-            let line = text.lines().position(|l| l.trim_start().starts_with("map:") && l.contains(&format!("={}", key.1))).map(|p| p + 1).unwrap_or(1);
+            let line = text
+                .lines()
+                .position(|l| {
+                    l.trim_start().starts_with("map:") && l.contains(&format!("={}", key.1))
+                })
+                .map(|p| p + 1)
+                .unwrap_or(1);
             return Err(MappingError {
                 line,
-                text: text.lines().nth(line - 1).unwrap_or_default().trim().to_string(),
+                text: text
+                    .lines()
+                    .nth(line - 1)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
                 message: format!("attribute `{}` is already the key", key.1),
             });
         }
@@ -287,7 +306,11 @@ impl Mapping {
                 attrs.insert(attr.clone(), v);
             }
         }
-        MappedRecord { key, attrs, ..Default::default() }
+        MappedRecord {
+            key,
+            attrs,
+            ..Default::default()
+        }
     }
 }
 
@@ -309,7 +332,8 @@ fn parse_source(src: &str) -> Result<SourceExpr, String> {
     let (alts, transform) = match src.rsplit_once('~') {
         Some((a, t)) => {
             let t = t.trim();
-            let tr = Transform::parse(t).ok_or_else(|| format!("unknown transform `~{t}`; known: {}", Transform::NAMES))?;
+            let tr = Transform::parse(t)
+                .ok_or_else(|| format!("unknown transform `~{t}`; known: {}", Transform::NAMES))?;
             (a, Some(tr))
         }
         None => (src, None),
@@ -321,13 +345,18 @@ fn parse_source(src: &str) -> Result<SourceExpr, String> {
             return Err("an empty alternative between `|`".into());
         }
         if let Some(lit) = alt.strip_prefix('\'') {
-            let lit = lit.strip_suffix('\'').ok_or("a literal must end with `'`")?;
+            let lit = lit
+                .strip_suffix('\'')
+                .ok_or("a literal must end with `'`")?;
             alternatives.push(Source::Literal(lit.to_string()));
         } else {
             alternatives.push(Source::Path(parse_path(alt)?));
         }
     }
-    Ok(SourceExpr { alternatives, transform })
+    Ok(SourceExpr {
+        alternatives,
+        transform,
+    })
 }
 
 /// Parse `a.b[0].c` or `["a.b"].c`.
@@ -339,7 +368,12 @@ pub fn parse_path(p: &str) -> Result<Vec<Segment>, String> {
     while i < chars.len() {
         match chars[i] {
             '.' => {
-                if cur.is_empty() && !matches!(segs.last(), Some(Segment::Index(_)) | Some(Segment::Field(_))) {
+                if cur.is_empty()
+                    && !matches!(
+                        segs.last(),
+                        Some(Segment::Index(_)) | Some(Segment::Field(_))
+                    )
+                {
                     return Err(format!("empty path segment in `{p}`"));
                 }
                 if !cur.is_empty() {
@@ -351,7 +385,11 @@ pub fn parse_path(p: &str) -> Result<Vec<Segment>, String> {
                 if !cur.is_empty() {
                     segs.push(Segment::Field(std::mem::take(&mut cur)));
                 }
-                let close = chars[i..].iter().position(|c| *c == ']').ok_or(format!("unclosed `[` in `{p}`"))? + i;
+                let close = chars[i..]
+                    .iter()
+                    .position(|c| *c == ']')
+                    .ok_or(format!("unclosed `[` in `{p}`"))?
+                    + i;
                 let inner: String = chars[i + 1..close].iter().collect();
                 let inner = inner.trim();
                 if let Some(q) = inner.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
@@ -474,7 +512,10 @@ mod tests {
     #[test]
     fn missing_values_are_not_reported() {
         let m = Mapping::parse("key:id=ID\nmap:a.b=B\nmap:c=C").unwrap();
-        let r = m.apply(&json!({"id": 7, "a": {"b": null}, "c": ""}), ObjectType::Person);
+        let r = m.apply(
+            &json!({"id": 7, "a": {"b": null}, "c": ""}),
+            ObjectType::Person,
+        );
         assert_eq!(r.key.as_deref(), Some("7"));
         assert!(!r.attrs.contains_key("B") && !r.attrs.contains_key("C"));
     }
@@ -498,8 +539,19 @@ mod tests {
     #[test]
     fn placeholder_serial_is_no_key() {
         let m = Mapping::parse("key:s=Serial").unwrap();
-        for p in ["To be filled by O.E.M.", "0", "Not Specified", "Default string", "System Serial Number", "  "] {
-            assert_eq!(m.apply(&json!({"s": p}), ObjectType::Hardware).key, None, "{p}");
+        for p in [
+            "To be filled by O.E.M.",
+            "0",
+            "Not Specified",
+            "Default string",
+            "System Serial Number",
+            "  ",
+        ] {
+            assert_eq!(
+                m.apply(&json!({"s": p}), ObjectType::Hardware).key,
+                None,
+                "{p}"
+            );
         }
     }
 }

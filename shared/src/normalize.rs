@@ -71,7 +71,9 @@ pub fn epoch_ms_to_rfc3339(raw: &str) -> Option<String> {
     if ms <= 0 {
         return None;
     }
-    Utc.timestamp_millis_opt(ms).single().map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 /// Parse any vendor timestamp: RFC 3339, `2024-01-26 16:15:36.087016+00:00`, epoch ms.
@@ -83,12 +85,20 @@ pub fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
     if let Ok(d) = DateTime::parse_from_rfc3339(s) {
         return Some(d.with_timezone(&Utc));
     }
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%.f%z"] {
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+    ] {
         if let Ok(d) = DateTime::parse_from_str(s, fmt) {
             return Some(d.with_timezone(&Utc));
         }
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M:%S"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S",
+    ] {
         if let Ok(d) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(Utc.from_utc_datetime(&d));
         }
@@ -119,15 +129,27 @@ mod tests {
     #[test]
     fn macs() {
         assert_eq!(mac("a4c3f0112233").as_deref(), Some("A4:C3:F0:11:22:33"));
-        assert_eq!(mac("--,00:1a:2b:3c:4d:5e").as_deref(), Some("00:1A:2B:3C:4D:5E"));
+        assert_eq!(
+            mac("--,00:1a:2b:3c:4d:5e").as_deref(),
+            Some("00:1A:2B:3C:4D:5E")
+        );
         assert_eq!(mac("--"), None);
     }
 
     #[test]
     fn times() {
-        assert_eq!(timestamp("2024-01-26 16:15:36.087016+00:00").as_deref(), Some("2024-01-26T16:15:36Z"));
-        assert_eq!(timestamp("2024-07-23T14:11:37.150080Z").as_deref(), Some("2024-07-23T14:11:37Z"));
+        assert_eq!(
+            timestamp("2024-01-26 16:15:36.087016+00:00").as_deref(),
+            Some("2024-01-26T16:15:36Z")
+        );
+        assert_eq!(
+            timestamp("2024-07-23T14:11:37.150080Z").as_deref(),
+            Some("2024-07-23T14:11:37Z")
+        );
         assert_eq!(timestamp("0001-01-01T00:00:00Z"), None);
-        assert_eq!(epoch_ms_to_rfc3339("1718873142000").as_deref(), Some("2024-06-20T08:45:42Z"));
+        assert_eq!(
+            epoch_ms_to_rfc3339("1718873142000").as_deref(),
+            Some("2024-06-20T08:45:42Z")
+        );
     }
 }

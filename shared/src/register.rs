@@ -102,7 +102,11 @@ pub enum Decision {
     /// A new record (asset tag etc. are added at write time).
     Create,
     /// Changed attributes, and whether the connection's source entry must be (re)written.
-    Update { changes: Vec<Change>, src_changed: bool, duplicate: bool },
+    Update {
+        changes: Vec<Change>,
+        src_changed: bool,
+        duplicate: bool,
+    },
     Unchanged,
     /// Update-only mode and no such record.
     NotFound,
@@ -117,7 +121,12 @@ pub struct Precedence(Vec<String>);
 impl Precedence {
     /// Parse a comma-separated list of connection names or source kinds, highest first.
     pub fn parse(s: &str) -> Self {
-        Precedence(s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect())
+        Precedence(
+            s.split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
+        )
     }
 
     /// Rank of a writer: lower is stronger; unknown writers rank last.
@@ -148,7 +157,10 @@ impl Writer<'_> {
             None => true,
             Some(p) if p.c == HAND => false,
             Some(p) if p.c == self.connection => true,
-            Some(p) => self.precedence.rank(self.connection, self.source) <= self.precedence.rank(&p.c, &p.s),
+            Some(p) => {
+                self.precedence.rank(self.connection, self.source)
+                    <= self.precedence.rank(&p.c, &p.s)
+            }
         }
     }
 }
@@ -183,16 +195,30 @@ pub fn decide(incoming: &MappedRecord, stored: Option<&StoredRecord>, w: &Writer
         if old == Some(new) || !w.may_overwrite(stored.p.get(attr)) {
             continue;
         }
-        changes.push(Change { attr: attr.clone(), old: old.cloned(), new: new.clone() });
+        changes.push(Change {
+            attr: attr.clone(),
+            old: old.cloned(),
+            new: new.clone(),
+        });
     }
     let src_changed = match mine {
         None => true,
-        Some(m) => m.missing.is_some() || (incoming.source_id.is_some() && m.id != incoming.source_id),
+        Some(m) => {
+            m.missing.is_some() || (incoming.source_id.is_some() && m.id != incoming.source_id)
+        }
     };
     if changes.is_empty() && !src_changed {
-        return if duplicate { Decision::Duplicate } else { Decision::Unchanged };
+        return if duplicate {
+            Decision::Duplicate
+        } else {
+            Decision::Unchanged
+        };
     }
-    Decision::Update { changes, src_changed, duplicate }
+    Decision::Update {
+        changes,
+        src_changed,
+        duplicate,
+    }
 }
 
 /// Keep one record per key within a page: the most recently checked-in. Returns (kept, duplicates).
@@ -229,7 +255,10 @@ mod tests {
     fn rec(attrs: &[(&str, &str)], id: &str, ci: &str) -> MappedRecord {
         MappedRecord {
             key: Some("K1".into()),
-            attrs: attrs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            attrs: attrs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             source_id: Some(id.into()),
             checked_in: Some(ci.into()),
             parent: None,
@@ -237,29 +266,82 @@ mod tests {
     }
 
     fn stored(attrs: &[(&str, &str, &str)], conn: &str, id: &str, ci: &str) -> StoredRecord {
-        let mut s = StoredRecord { object_type: "Hardware".into(), key: "K1".into(), ..Default::default() };
+        let mut s = StoredRecord {
+            object_type: "Hardware".into(),
+            key: "K1".into(),
+            ..Default::default()
+        };
         for (a, v, owner) in attrs {
             s.a.insert(a.to_string(), v.to_string());
-            s.p.insert(a.to_string(), Provenance { c: owner.to_string(), s: "jamf".into(), t: String::new(), r: String::new() });
+            s.p.insert(
+                a.to_string(),
+                Provenance {
+                    c: owner.to_string(),
+                    s: "jamf".into(),
+                    t: String::new(),
+                    r: String::new(),
+                },
+            );
         }
-        s.src.insert(conn.into(), SourceRef { id: Some(id.into()), ci: Some(ci.into()), run: "r0".into(), missing: None });
+        s.src.insert(
+            conn.into(),
+            SourceRef {
+                id: Some(id.into()),
+                ci: Some(ci.into()),
+                run: "r0".into(),
+                missing: None,
+            },
+        );
         s
     }
 
     fn writer<'a>(p: &'a Precedence, conn: &'a str, source: &'a str) -> Writer<'a> {
-        Writer { connection: conn, source, run_id: "r1", mode: Mode::CreateUpdate, object_type: ObjectType::Hardware, precedence: p }
+        Writer {
+            connection: conn,
+            source,
+            run_id: "r1",
+            mode: Mode::CreateUpdate,
+            object_type: ObjectType::Hardware,
+            precedence: p,
+        }
     }
 
     #[test]
     fn unchanged_and_hand_edits() {
         let p = Precedence::default();
         let w = writer(&p, "jamf-prod", "jamf");
-        let s = stored(&[("OS Version", "14.5", "jamf-prod"), ("Location", "Room 4", HAND), ("Name", "Mine", HAND)], "jamf-prod", "1", "2024");
-        assert_eq!(decide(&rec(&[("OS Version", "14.5")], "1", "2024"), Some(&s), &w), Decision::Unchanged);
+        let s = stored(
+            &[
+                ("OS Version", "14.5", "jamf-prod"),
+                ("Location", "Room 4", HAND),
+                ("Name", "Mine", HAND),
+            ],
+            "jamf-prod",
+            "1",
+            "2024",
+        );
+        assert_eq!(
+            decide(&rec(&[("OS Version", "14.5")], "1", "2024"), Some(&s), &w),
+            Decision::Unchanged
+        );
         // A hand-edited attribute the mapping names is left alone.
-        assert_eq!(decide(&rec(&[("OS Version", "14.5"), ("Name", "Theirs")], "1", "2024"), Some(&s), &w), Decision::Unchanged);
+        assert_eq!(
+            decide(
+                &rec(&[("OS Version", "14.5"), ("Name", "Theirs")], "1", "2024"),
+                Some(&s),
+                &w
+            ),
+            Decision::Unchanged
+        );
         match decide(&rec(&[("OS Version", "15.0")], "1", "2024"), Some(&s), &w) {
-            Decision::Update { changes, .. } => assert_eq!(changes, vec![Change { attr: "OS Version".into(), old: Some("14.5".into()), new: "15.0".into() }]),
+            Decision::Update { changes, .. } => assert_eq!(
+                changes,
+                vec![Change {
+                    attr: "OS Version".into(),
+                    old: Some("14.5".into()),
+                    new: "15.0".into()
+                }]
+            ),
             d => panic!("{d:?}"),
         }
     }
@@ -267,24 +349,62 @@ mod tests {
     #[test]
     fn precedence_decides_between_sources() {
         let p = Precedence::parse("intune,endpoint-central,jamf");
-        let s = stored(&[("Model", "ThinkPad T14", "intune-prod")], "intune-prod", "x", "2024");
+        let s = stored(
+            &[("Model", "ThinkPad T14", "intune-prod")],
+            "intune-prod",
+            "x",
+            "2024",
+        );
         let mut s2 = s.clone();
         s2.p.get_mut("Model").unwrap().s = "intune".into();
         let w = writer(&p, "ec-prod", "endpoint-central");
         let d = decide(&rec(&[("Model", "20XW")], "9", "2024"), Some(&s2), &w);
-        assert_eq!(d, Decision::Update { changes: vec![], src_changed: true, duplicate: false });
+        assert_eq!(
+            d,
+            Decision::Update {
+                changes: vec![],
+                src_changed: true,
+                duplicate: false
+            }
+        );
         let w = writer(&p, "intune-prod", "intune");
-        assert!(matches!(decide(&rec(&[("Model", "T14 Gen 4")], "x", "2024"), Some(&s2), &w), Decision::Update { .. }));
+        assert!(matches!(
+            decide(&rec(&[("Model", "T14 Gen 4")], "x", "2024"), Some(&s2), &w),
+            Decision::Update { .. }
+        ));
     }
 
     #[test]
     fn duplicates_keep_the_newest() {
         let p = Precedence::default();
         let w = writer(&p, "jamf-prod", "jamf");
-        let s = stored(&[("OS Version", "14.5", "jamf-prod")], "jamf-prod", "new", "2024-06-20");
-        assert_eq!(decide(&rec(&[("OS Version", "13.0")], "old", "2024-01-01"), Some(&s), &w), Decision::Duplicate);
-        assert!(matches!(decide(&rec(&[("OS Version", "15.0")], "newer", "2024-07-01"), Some(&s), &w), Decision::Update { .. }));
-        let (kept, dups) = dedupe_page(vec![rec(&[], "a", "2024-01"), rec(&[], "b", "2024-06"), rec(&[], "c", "2024-03")]);
+        let s = stored(
+            &[("OS Version", "14.5", "jamf-prod")],
+            "jamf-prod",
+            "new",
+            "2024-06-20",
+        );
+        assert_eq!(
+            decide(
+                &rec(&[("OS Version", "13.0")], "old", "2024-01-01"),
+                Some(&s),
+                &w
+            ),
+            Decision::Duplicate
+        );
+        assert!(matches!(
+            decide(
+                &rec(&[("OS Version", "15.0")], "newer", "2024-07-01"),
+                Some(&s),
+                &w
+            ),
+            Decision::Update { .. }
+        ));
+        let (kept, dups) = dedupe_page(vec![
+            rec(&[], "a", "2024-01"),
+            rec(&[], "b", "2024-06"),
+            rec(&[], "c", "2024-03"),
+        ]);
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].source_id.as_deref(), Some("b"));
         assert_eq!(dups.len(), 2);

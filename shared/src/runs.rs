@@ -76,7 +76,11 @@ impl RunItem {
             status: Status::parse(&self.status).unwrap_or(Status::Running),
             started_at: self.started_at.clone(),
             finished_at: self.finished_at.clone(),
-            pages: Pages { fetched: self.pages_fetched, imported: self.pages_imported, dead: self.pages_dead },
+            pages: Pages {
+                fetched: self.pages_fetched,
+                imported: self.pages_imported,
+                dead: self.pages_dead,
+            },
             counts: self.counts,
             errors,
             object_type: self.object_type.clone(),
@@ -153,12 +157,21 @@ fn counts_values(prefix: &str, c: &Counts) -> Vec<(String, AttributeValue)> {
 impl Runs {
     /// Read a run.
     pub async fn get(&self, run_id: &str) -> Result<Option<RunItem>, AwsError> {
-        self.store.get("RUN", run_id).await?.map(from_item).transpose()
+        self.store
+            .get("RUN", run_id)
+            .await?
+            .map(from_item)
+            .transpose()
     }
 
     /// The newest runs first.
     pub async fn list(&self, limit: usize) -> Result<Vec<RunItem>, AwsError> {
-        self.store.query("RUN", None, true, Some(limit)).await?.into_iter().map(from_item).collect()
+        self.store
+            .query("RUN", None, true, Some(limit))
+            .await?
+            .into_iter()
+            .map(from_item)
+            .collect()
     }
 
     /// A run's summary with its errors (read from its page markers).
@@ -174,11 +187,18 @@ impl Runs {
 
     /// All page markers of a run.
     pub async fn markers(&self, run_id: &str) -> Result<Vec<(String, PageMarker)>, AwsError> {
-        let items = self.store.query(&format!("P#{run_id}"), None, false, None).await?;
+        let items = self
+            .store
+            .query(&format!("P#{run_id}"), None, false, None)
+            .await?;
         items
             .into_iter()
             .map(|i| {
-                let sk = i.get("sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                let sk = i
+                    .get("sk")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
                 from_item::<PageMarker>(i).map(|m| (sk, m))
             })
             .collect()
@@ -201,7 +221,15 @@ impl Runs {
                 }
             } else if let Some(run) = holder.filter(|r| r.status == "running") {
                 // The holder stopped heart-beating: take the lease over for the same run.
-                if self.take_lease(&event.connection, &run.run_id, &run.started_at, Some(lease.expires_at)).await? {
+                if self
+                    .take_lease(
+                        &event.connection,
+                        &run.run_id,
+                        &run.started_at,
+                        Some(lease.expires_at),
+                    )
+                    .await?
+                {
                     if !run.fetch_complete {
                         return Ok(Start::Resume(run));
                     }
@@ -210,7 +238,11 @@ impl Runs {
                         self.fail(&run, "abandoned: pages were fetched but never imported before the lease expired").await?;
                     }
                 } else {
-                    return Err(SyncError::AlreadyRunning { connection: event.connection.clone(), run_id: run.run_id, started_at: run.started_at });
+                    return Err(SyncError::AlreadyRunning {
+                        connection: event.connection.clone(),
+                        run_id: run.run_id,
+                        started_at: run.started_at,
+                    });
                 }
             }
         }
@@ -226,7 +258,10 @@ impl Runs {
             connection: event.connection.clone(),
             source: event.source.as_str().into(),
             object_type: event.object_type.as_str().into(),
-            mode: serde_json::to_value(event.mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            mode: serde_json::to_value(event.mode)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
             status: "running".into(),
             started_at: started_at.clone(),
             finished_at: None,
@@ -248,7 +283,15 @@ impl Runs {
             finishing_at: None,
         };
         // The lease and the run item are written together: no run without its lease.
-        let lease = to_item(&lease_pk, "#", &Lease { run_id: run_id.clone(), expires_at: now_s + self.lease_seconds, started_at })?;
+        let lease = to_item(
+            &lease_pk,
+            "#",
+            &Lease {
+                run_id: run_id.clone(),
+                expires_at: now_s + self.lease_seconds,
+                started_at,
+            },
+        )?;
         let put_lease = Put::builder()
             .table_name(&self.store.table)
             .set_item(Some(lease))
@@ -281,13 +324,36 @@ impl Runs {
         }
     }
 
-    async fn take_lease(&self, connection: &str, run_id: &str, started_at: &str, expected_expiry: Option<i64>) -> Result<bool, AwsError> {
+    async fn take_lease(
+        &self,
+        connection: &str,
+        run_id: &str,
+        started_at: &str,
+        expected_expiry: Option<i64>,
+    ) -> Result<bool, AwsError> {
         let now_s = Utc::now().timestamp();
-        let item = to_item(&format!("L#{connection}"), "#", &Lease { run_id: run_id.into(), expires_at: now_s + self.lease_seconds, started_at: started_at.into() })?;
-        let mut req = self.store.ddb.put_item().table_name(&self.store.table).set_item(Some(item));
+        let item = to_item(
+            &format!("L#{connection}"),
+            "#",
+            &Lease {
+                run_id: run_id.into(),
+                expires_at: now_s + self.lease_seconds,
+                started_at: started_at.into(),
+            },
+        )?;
+        let mut req = self
+            .store
+            .ddb
+            .put_item()
+            .table_name(&self.store.table)
+            .set_item(Some(item));
         req = match expected_expiry {
-            Some(exp) => req.condition_expression("expires_at = :exp").expression_attribute_values(":exp", n(exp)),
-            None => req.condition_expression("run_id = :r").expression_attribute_values(":r", s(run_id)),
+            Some(exp) => req
+                .condition_expression("expires_at = :exp")
+                .expression_attribute_values(":exp", n(exp)),
+            None => req
+                .condition_expression("run_id = :r")
+                .expression_attribute_values(":r", s(run_id)),
         };
         match req.send().await {
             Ok(_) => Ok(true),
@@ -298,13 +364,18 @@ impl Runs {
 
     /// Extend the lease of a run that is still working.
     pub async fn heartbeat(&self, run: &RunItem) -> Result<bool, AwsError> {
-        self.take_lease(&run.connection, &run.run_id, &run.started_at, None).await
+        self.take_lease(&run.connection, &run.run_id, &run.started_at, None)
+            .await
     }
 
     /// Release the connection's lease if `run_id` holds it.
     pub async fn release(&self, connection: &str, run_id: &str) -> Result<(), AwsError> {
         self.store
-            .delete(&format!("L#{connection}"), "#", Some(("run_id = :r", vec![(":r", s(run_id))])))
+            .delete(
+                &format!("L#{connection}"),
+                "#",
+                Some(("run_id = :r", vec![(":r", s(run_id))])),
+            )
             .await
             .map(|_| ())
     }
@@ -360,14 +431,36 @@ impl Runs {
     }
 
     /// Read a page marker.
-    pub async fn marker(&self, run_id: &str, page_id: &str) -> Result<Option<PageMarker>, AwsError> {
-        self.store.get(&format!("P#{run_id}"), page_id).await?.map(from_item).transpose()
+    pub async fn marker(
+        &self,
+        run_id: &str,
+        page_id: &str,
+    ) -> Result<Option<PageMarker>, AwsError> {
+        self.store
+            .get(&format!("P#{run_id}"), page_id)
+            .await?
+            .map(from_item)
+            .transpose()
     }
 
     /// Plan a page: store its outcome unless a plan exists. Returns the plan that stands.
-    pub async fn plan(&self, run_id: &str, page_id: &str, marker: &PageMarker) -> Result<PageMarker, AwsError> {
+    pub async fn plan(
+        &self,
+        run_id: &str,
+        page_id: &str,
+        marker: &PageMarker,
+    ) -> Result<PageMarker, AwsError> {
         let item = to_item(&format!("P#{run_id}"), page_id, marker)?;
-        match self.store.ddb.put_item().table_name(&self.store.table).set_item(Some(item)).condition_expression("attribute_not_exists(pk)").send().await {
+        match self
+            .store
+            .ddb
+            .put_item()
+            .table_name(&self.store.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+        {
             Ok(_) => Ok(marker.clone()),
             Err(e) if is_condition_failed(&e) => self
                 .marker(run_id, page_id)
@@ -379,7 +472,13 @@ impl Runs {
 
     /// Count a planned page into its run, exactly once (marker `planned` → `done`/`dead` and the
     /// run's counters move in one transaction). Returns false if it was already counted.
-    pub async fn complete_page(&self, run_id: &str, page_id: &str, marker: &PageMarker, dead: bool) -> Result<bool, AwsError> {
+    pub async fn complete_page(
+        &self,
+        run_id: &str,
+        page_id: &str,
+        marker: &PageMarker,
+        dead: bool,
+    ) -> Result<bool, AwsError> {
         let to = if dead { "dead" } else { "done" };
         let mark = Update::builder()
             .table_name(&self.store.table)
@@ -392,18 +491,28 @@ impl Runs {
             .expression_attribute_values(":planned", s("planned"))
             .expression_attribute_values(
                 ":errs",
-                serde_dynamo::to_attribute_value(&marker.errors).map_err(|e| AwsError::Item(e.to_string()))?,
+                serde_dynamo::to_attribute_value(&marker.errors)
+                    .map_err(|e| AwsError::Item(e.to_string()))?,
             )
             .build()
             .map_err(|e| AwsError::Item(e.to_string()))?;
         let counts = counts_values(":c_", &marker.counts);
         let mut expr = String::from("ADD ");
-        expr.push_str(if dead { "pages_dead :one" } else { "pages_imported :one" });
-        let mut run = Update::builder().table_name(&self.store.table).key("pk", s("RUN")).key("sk", s(run_id));
+        expr.push_str(if dead {
+            "pages_dead :one"
+        } else {
+            "pages_imported :one"
+        });
+        let mut run = Update::builder()
+            .table_name(&self.store.table)
+            .key("pk", s("RUN"))
+            .key("sk", s(run_id));
         for (name, v) in counts {
             let field = name.trim_start_matches(":c_").to_string();
             expr.push_str(&format!(", #cnt.#f_{field} {name}"));
-            run = run.expression_attribute_names(format!("#f_{field}"), field).expression_attribute_values(name, v);
+            run = run
+                .expression_attribute_names(format!("#f_{field}"), field)
+                .expression_attribute_values(name, v);
         }
         let run = run
             .update_expression(expr)
@@ -411,7 +520,12 @@ impl Runs {
             .expression_attribute_values(":one", n(1))
             .build()
             .map_err(|e| AwsError::Item(e.to_string()))?;
-        self.store.transact(vec![TransactWriteItem::builder().update(mark).build(), TransactWriteItem::builder().update(run).build()]).await
+        self.store
+            .transact(vec![
+                TransactWriteItem::builder().update(mark).build(),
+                TransactWriteItem::builder().update(run).build(),
+            ])
+            .await
     }
 
     /// Mark a run failed (fetch error) and release its lease.
@@ -433,7 +547,13 @@ impl Runs {
             .send()
             .await
             .map(|_| ())
-            .or_else(|e| if is_condition_failed(&e) { Ok(()) } else { Err(dyn_err("UpdateItem", e)) })?;
+            .or_else(|e| {
+                if is_condition_failed(&e) {
+                    Ok(())
+                } else {
+                    Err(dyn_err("UpdateItem", e))
+                }
+            })?;
         self.release(&run.connection, &run.run_id).await
     }
 
@@ -456,7 +576,11 @@ impl Runs {
             .map_err(|e| dyn_err("UpdateItem", e))?;
         Ok(out
             .attributes
-            .and_then(|a| a.get("fetch_failures").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()))
+            .and_then(|a| {
+                a.get("fetch_failures")
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse().ok())
+            })
             .unwrap_or(1))
     }
 
@@ -464,7 +588,9 @@ impl Runs {
     /// complete fetch whose count agrees with the vendor's total), then set the final status.
     /// Safe to call many times and concurrently; returns the run as it stands afterwards.
     pub async fn try_finish(&self, run_id: &str) -> Result<Option<RunItem>, AwsError> {
-        let Some(run) = self.get(run_id).await? else { return Ok(None) };
+        let Some(run) = self.get(run_id).await? else {
+            return Ok(None);
+        };
         if run.status != "running" || !run.all_pages_done() {
             return Ok(Some(run));
         }
@@ -492,7 +618,11 @@ impl Runs {
             Err(e) => return Err(dyn_err("UpdateItem", e)),
         }
         let (missing, message) = self.sweep_missing(&run).await?;
-        let status = if run.pages_dead > 0 || run.counts.errors > 0 { "succeeded_with_errors" } else { "succeeded" };
+        let status = if run.pages_dead > 0 || run.counts.errors > 0 {
+            "succeeded_with_errors"
+        } else {
+            "succeeded"
+        };
         let mut req = self
             .store
             .ddb
@@ -511,7 +641,10 @@ impl Runs {
             .expression_attribute_values(":m", n(missing))
             .expression_attribute_values(":running", s("running"))
             .return_values(ReturnValue::AllNew);
-        req = req.expression_attribute_values(":msg", message.map(s).unwrap_or(AttributeValue::Null(true)));
+        req = req.expression_attribute_values(
+            ":msg",
+            message.map(s).unwrap_or(AttributeValue::Null(true)),
+        );
         match req.send().await {
             Ok(out) => {
                 self.release(&run.connection, run_id).await?;
@@ -527,7 +660,13 @@ impl Runs {
     /// the sweep was skipped.
     async fn sweep_missing(&self, run: &RunItem) -> Result<(u64, Option<String>), AwsError> {
         if run.pages_dead > 0 {
-            return Ok((0, Some(format!("{} page(s) dead-lettered: no record was marked missing", run.pages_dead))));
+            return Ok((
+                0,
+                Some(format!(
+                    "{} page(s) dead-lettered: no record was marked missing",
+                    run.pages_dead
+                )),
+            ));
         }
         if let Some(total) = run.vendor_total {
             if total != run.records_fetched {
@@ -545,7 +684,10 @@ impl Runs {
             seen.extend(m.seen);
         }
         let prefix = format!("{}#", run.object_type);
-        let members = self.store.query(&format!("M#{}", run.connection), Some(&prefix), false, None).await?;
+        let members = self
+            .store
+            .query(&format!("M#{}", run.connection), Some(&prefix), false, None)
+            .await?;
         let today = Utc::now().format("%Y-%m-%d").to_string();
         let mut marked = 0u64;
         for item in members {
@@ -567,9 +709,13 @@ impl Runs {
     async fn mark_missing(&self, run: &RunItem, key: &str, date: &str) -> Result<bool, AwsError> {
         // The record: its source entry for this connection gets the date.
         for _ in 0..5 {
-            let Some(mut rec) = self.store.record(&run.object_type, key).await? else { return Ok(false) };
+            let Some(mut rec) = self.store.record(&run.object_type, key).await? else {
+                return Ok(false);
+            };
             let ver = rec.ver;
-            let Some(src) = rec.src.get_mut(&run.connection) else { break };
+            let Some(src) = rec.src.get_mut(&run.connection) else {
+                break;
+            };
             if src.missing.is_none() {
                 src.missing = Some(date.to_string());
                 rec.ver += 1;
@@ -602,7 +748,9 @@ impl Runs {
 
     /// Put a dead page back in play (for `runs redrive`): marker removed, run running again.
     pub async fn reopen_dead_page(&self, run_id: &str, page_id: &str) -> Result<bool, AwsError> {
-        let Some(m) = self.marker(run_id, page_id).await? else { return Ok(false) };
+        let Some(m) = self.marker(run_id, page_id).await? else {
+            return Ok(false);
+        };
         if m.status != "dead" {
             return Ok(false);
         }
@@ -615,8 +763,13 @@ impl Runs {
             .expression_attribute_values(":dead", s("dead"))
             .build()
             .map_err(|e| AwsError::Item(e.to_string()))?;
-        let mut expr = "SET #st = :running, finished_at = :null, finishing_at = :null ADD pages_dead :minus".to_string();
-        let mut run = Update::builder().table_name(&self.store.table).key("pk", s("RUN")).key("sk", s(run_id));
+        let mut expr =
+            "SET #st = :running, finished_at = :null, finishing_at = :null ADD pages_dead :minus"
+                .to_string();
+        let mut run = Update::builder()
+            .table_name(&self.store.table)
+            .key("pk", s("RUN"))
+            .key("sk", s(run_id));
         for (name, v) in counts_values(":c_", &m.counts) {
             let field = name.trim_start_matches(":c_").to_string();
             let neg = match &v {
@@ -624,7 +777,9 @@ impl Runs {
                 other => other.clone(),
             };
             expr.push_str(&format!(", #cnt.#f_{field} {name}"));
-            run = run.expression_attribute_names(format!("#f_{field}"), field).expression_attribute_values(name, neg);
+            run = run
+                .expression_attribute_names(format!("#f_{field}"), field)
+                .expression_attribute_values(name, neg);
         }
         let run = run
             .update_expression(expr)
@@ -635,7 +790,12 @@ impl Runs {
             .expression_attribute_values(":minus", n(-1))
             .build()
             .map_err(|e| AwsError::Item(e.to_string()))?;
-        self.store.transact(vec![TransactWriteItem::builder().delete(del).build(), TransactWriteItem::builder().update(run).build()]).await
+        self.store
+            .transact(vec![
+                TransactWriteItem::builder().delete(del).build(),
+                TransactWriteItem::builder().update(run).build(),
+            ])
+            .await
     }
 }
 
@@ -652,7 +812,15 @@ pub struct Member {
 
 /// The membership item for a record.
 pub fn member_item(connection: &str, object_type: &str, key: &str) -> Result<Item, AwsError> {
-    to_item(&format!("M#{connection}"), &format!("{object_type}#{key}"), &Member { key: key.to_string(), missing: None, mr: None })
+    to_item(
+        &format!("M#{connection}"),
+        &format!("{object_type}#{key}"),
+        &Member {
+            key: key.to_string(),
+            missing: None,
+            mr: None,
+        },
+    )
 }
 
 /// Errors of a run, gathered for the summary.

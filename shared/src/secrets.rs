@@ -19,7 +19,11 @@ pub struct SecretCache {
 impl SecretCache {
     /// A cache over a client.
     pub fn new(client: aws_sdk_secretsmanager::Client, ttl: Duration) -> Self {
-        SecretCache { client, ttl, cache: Mutex::new(HashMap::new()) }
+        SecretCache {
+            client,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The secret's JSON object; `force` skips the cache (after a credential was refused).
@@ -31,7 +35,10 @@ impl SecretCache {
                 }
             }
         }
-        let err = |detail: String| SyncError::Secret { secret_id: secret_id.to_string(), detail };
+        let err = |detail: String| SyncError::Secret {
+            secret_id: secret_id.to_string(),
+            detail,
+        };
         let out = self.client.get_secret_value().secret_id(secret_id).send().await.map_err(|e| {
             let code = e.as_service_error().and_then(|s| s.code()).unwrap_or_default().to_string();
             match code.as_str() {
@@ -51,9 +58,14 @@ impl SecretCache {
             ))
         })?;
         if !value.is_object() {
-            return Err(err("must be a JSON object of fields, not a bare value".into()));
+            return Err(err(
+                "must be a JSON object of fields, not a bare value".into()
+            ));
         }
-        self.cache.lock().await.insert(secret_id.to_string(), (value.clone(), Instant::now()));
+        self.cache
+            .lock()
+            .await
+            .insert(secret_id.to_string(), (value.clone(), Instant::now()));
         Ok(value)
     }
 }

@@ -42,9 +42,16 @@ impl Settings {
             max_receive_count: var_or("MAX_RECEIVE_COUNT", "5").parse().unwrap_or(5),
             asset_tag_prefix: var_or("ASSET_TAG_PREFIX", "AS-"),
             asset_tag_width: var_or("ASSET_TAG_WIDTH", "6").parse().unwrap_or(6),
-            precedence: Precedence::parse(&var_or("SOURCE_PRECEDENCE", "intune,endpoint-central,jamf,kandji,jumpcloud")),
+            precedence: Precedence::parse(&var_or(
+                "SOURCE_PRECEDENCE",
+                "intune,endpoint-central,jamf,kandji,jumpcloud",
+            )),
             lease_seconds: var_or("LEASE_SECONDS", "900").parse().unwrap_or(900),
-            time_reserve: Duration::from_millis(var_or("FETCH_TIME_RESERVE_MS", "60000").parse().unwrap_or(60_000)),
+            time_reserve: Duration::from_millis(
+                var_or("FETCH_TIME_RESERVE_MS", "60000")
+                    .parse()
+                    .unwrap_or(60_000),
+            ),
         })
     }
 }

@@ -12,7 +12,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, ReturnValue, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, PutRequest, ReturnValue, WriteRequest,
+};
 use aws_sdk_dynamodb::Client;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -23,9 +25,19 @@ use crate::register::StoredRecord;
 pub type Item = HashMap<String, AttributeValue>;
 
 /// Turn an SDK error into ours, keeping the service's message.
-pub fn dyn_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(op: &'static str, e: SdkError<E, R>) -> AwsError {
+pub fn dyn_err<
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+>(
+    op: &'static str,
+    e: SdkError<E, R>,
+) -> AwsError {
     let detail = match e.as_service_error() {
-        Some(se) => format!("{}: {}", se.code().unwrap_or("error"), se.message().unwrap_or_default()),
+        Some(se) => format!(
+            "{}: {}",
+            se.code().unwrap_or("error"),
+            se.message().unwrap_or_default()
+        ),
         None => DisplayErrorContext(&e).to_string(),
     };
     AwsError::Dynamo { op, detail }
@@ -35,7 +47,9 @@ pub fn dyn_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'stat
 pub fn is_condition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
     e.as_service_error()
         .and_then(|s| s.code())
-        .is_some_and(|c| c == "ConditionalCheckFailedException" || c == "TransactionCanceledException")
+        .is_some_and(|c| {
+            c == "ConditionalCheckFailedException" || c == "TransactionCanceledException"
+        })
 }
 
 /// String attribute value.
@@ -78,7 +92,10 @@ pub struct Store {
 impl Store {
     /// Wrap a client and table name.
     pub fn new(ddb: Client, table: impl Into<String>) -> Self {
-        Store { ddb, table: table.into() }
+        Store {
+            ddb,
+            table: table.into(),
+        }
     }
 
     fn key(pk: &str, sk: &str) -> Item {
@@ -100,7 +117,10 @@ impl Store {
     }
 
     /// Read many items by (pk, sk), 100 a request, retrying unprocessed keys.
-    pub async fn batch_get(&self, keys: &[(String, String)]) -> Result<HashMap<(String, String), Item>, AwsError> {
+    pub async fn batch_get(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<HashMap<(String, String), Item>, AwsError> {
         let mut found = HashMap::new();
         let mut unique: Vec<&(String, String)> = keys.iter().collect();
         unique.sort();
@@ -122,8 +142,14 @@ impl Store {
                     .send()
                     .await
                     .map_err(|e| dyn_err("BatchGetItem", e))?;
-                for item in out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default() {
-                    if let (Some(AttributeValue::S(p)), Some(AttributeValue::S(k))) = (item.get("pk"), item.get("sk")) {
+                for item in out
+                    .responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    if let (Some(AttributeValue::S(p)), Some(AttributeValue::S(k))) =
+                        (item.get("pk"), item.get("sk"))
+                    {
                         found.insert((p.clone(), k.clone()), item.clone());
                     }
                 }
@@ -134,7 +160,10 @@ impl Store {
                 }
                 if !pending.is_empty() {
                     if tries > 8 {
-                        return Err(AwsError::Dynamo { op: "BatchGetItem", detail: "keys stayed unprocessed after 8 tries".into() });
+                        return Err(AwsError::Dynamo {
+                            op: "BatchGetItem",
+                            detail: "keys stayed unprocessed after 8 tries".into(),
+                        });
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(50 << tries.min(6))).await;
                 }
@@ -171,7 +200,10 @@ impl Store {
                 }
                 if !pending.is_empty() {
                     if tries > 8 {
-                        return Err(AwsError::Dynamo { op: "BatchWriteItem", detail: "items stayed unprocessed after 8 tries".into() });
+                        return Err(AwsError::Dynamo {
+                            op: "BatchWriteItem",
+                            detail: "items stayed unprocessed after 8 tries".into(),
+                        });
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(50 << tries.min(6))).await;
                 }
@@ -181,7 +213,13 @@ impl Store {
     }
 
     /// Query a whole partition (optionally from a sort-key prefix), newest first when `reverse`.
-    pub async fn query(&self, pk: &str, sk_prefix: Option<&str>, reverse: bool, limit: Option<usize>) -> Result<Vec<Item>, AwsError> {
+    pub async fn query(
+        &self,
+        pk: &str,
+        sk_prefix: Option<&str>,
+        reverse: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<Item>, AwsError> {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -194,7 +232,9 @@ impl Store {
                 .expression_attribute_values(":pk", s(pk))
                 .set_exclusive_start_key(start.take());
             q = match sk_prefix {
-                Some(p) => q.key_condition_expression("pk = :pk AND begins_with(sk, :p)").expression_attribute_values(":p", s(p)),
+                Some(p) => q
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                    .expression_attribute_values(":p", s(p)),
                 None => q.key_condition_expression("pk = :pk"),
             };
             if let Some(l) = limit {
@@ -211,8 +251,15 @@ impl Store {
     }
 
     /// Read register records by key.
-    pub async fn records(&self, object_type: &str, keys: &[String]) -> Result<HashMap<String, StoredRecord>, AwsError> {
-        let ks: Vec<(String, String)> = keys.iter().map(|k| (record_pk(object_type, k), "#".to_string())).collect();
+    pub async fn records(
+        &self,
+        object_type: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, StoredRecord>, AwsError> {
+        let ks: Vec<(String, String)> = keys
+            .iter()
+            .map(|k| (record_pk(object_type, k), "#".to_string()))
+            .collect();
         let items = self.batch_get(&ks).await?;
         let mut out = HashMap::new();
         for (_, item) in items {
@@ -223,14 +270,29 @@ impl Store {
     }
 
     /// Read one register record.
-    pub async fn record(&self, object_type: &str, key: &str) -> Result<Option<StoredRecord>, AwsError> {
-        self.get(&record_pk(object_type, key), "#").await?.map(from_item).transpose()
+    pub async fn record(
+        &self,
+        object_type: &str,
+        key: &str,
+    ) -> Result<Option<StoredRecord>, AwsError> {
+        self.get(&record_pk(object_type, key), "#")
+            .await?
+            .map(from_item)
+            .transpose()
     }
 
     /// Create a record unless one exists. Returns false when it already existed.
     pub async fn create_record(&self, r: &StoredRecord) -> Result<bool, AwsError> {
         let item = to_item(&record_pk(&r.object_type, &r.key), "#", r)?;
-        match self.ddb.put_item().table_name(&self.table).set_item(Some(item)).condition_expression("attribute_not_exists(pk)").send().await {
+        match self
+            .ddb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failed(&e) => Ok(false),
             Err(e) => Err(dyn_err("PutItem", e)),
@@ -238,7 +300,11 @@ impl Store {
     }
 
     /// Replace a record if its version is still `expected_ver`. Returns false on a lost race.
-    pub async fn replace_record(&self, r: &StoredRecord, expected_ver: i64) -> Result<bool, AwsError> {
+    pub async fn replace_record(
+        &self,
+        r: &StoredRecord,
+        expected_ver: i64,
+    ) -> Result<bool, AwsError> {
         let item = to_item(&record_pk(&r.object_type, &r.key), "#", r)?;
         match self
             .ddb
@@ -272,14 +338,27 @@ impl Store {
             .map_err(|e| dyn_err("UpdateItem", e))?;
         let last: u64 = out
             .attributes
-            .and_then(|a| a.get("n").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()))
+            .and_then(|a| {
+                a.get("n")
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse().ok())
+            })
             .ok_or_else(|| AwsError::Item("sequence has no number".into()))?;
         Ok(last + 1 - count)
     }
 
     /// Write several items in one transaction. Returns false when one of its conditions failed.
-    pub async fn transact(&self, items: Vec<aws_sdk_dynamodb::types::TransactWriteItem>) -> Result<bool, AwsError> {
-        match self.ddb.transact_write_items().set_transact_items(Some(items)).send().await {
+    pub async fn transact(
+        &self,
+        items: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> Result<bool, AwsError> {
+        match self
+            .ddb
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failed(&e) => Ok(false),
             Err(e) => Err(dyn_err("TransactWriteItems", e)),
@@ -287,8 +366,17 @@ impl Store {
     }
 
     /// Delete an item if a condition holds (`None`: unconditionally).
-    pub async fn delete(&self, pk: &str, sk: &str, condition: Option<(&str, Vec<(&str, AttributeValue)>)>) -> Result<bool, AwsError> {
-        let mut req = self.ddb.delete_item().table_name(&self.table).set_key(Some(Self::key(pk, sk)));
+    pub async fn delete(
+        &self,
+        pk: &str,
+        sk: &str,
+        condition: Option<(&str, Vec<(&str, AttributeValue)>)>,
+    ) -> Result<bool, AwsError> {
+        let mut req = self
+            .ddb
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(pk, sk)));
         if let Some((cond, vals)) = condition {
             req = req.condition_expression(cond);
             for (k, v) in vals {
@@ -325,6 +413,8 @@ pub struct PersonRef {
 impl EmailEntry {
     /// The first active person, if any.
     pub fn active(&self) -> Option<(&String, &PersonRef)> {
-        self.persons.iter().find(|(_, p)| p.status.is_empty() || p.status == "active")
+        self.persons
+            .iter()
+            .find(|(_, p)| p.status.is_empty() || p.status == "active")
     }
 }

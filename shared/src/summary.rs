@@ -30,7 +30,13 @@ impl Counts {
 
     /// Records accounted for (everything but `missing`).
     pub fn records(&self) -> u64 {
-        self.created + self.updated + self.unchanged + self.skipped + self.not_found + self.duplicate + self.errors
+        self.created
+            + self.updated
+            + self.unchanged
+            + self.skipped
+            + self.not_found
+            + self.duplicate
+            + self.errors
     }
 }
 

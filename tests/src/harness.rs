@@ -33,7 +33,10 @@ use crate::stack::LocalStack;
 /// Counts DynamoDB requests by operation, and write requests that touch register records.
 /// It can also make reads of chosen items fail, to create poison pages.
 #[derive(Debug, Clone, Default)]
-pub struct DynamoCounter(Arc<Mutex<Counts>>, Arc<Mutex<std::collections::HashSet<String>>>);
+pub struct DynamoCounter(
+    Arc<Mutex<Counts>>,
+    Arc<Mutex<std::collections::HashSet<String>>>,
+);
 
 /// What [`DynamoCounter`] saw.
 #[derive(Debug, Clone, Default)]
@@ -55,7 +58,9 @@ impl Counts {
 }
 
 fn pk_of(item: Option<&HashMap<String, AttributeValue>>) -> Option<String> {
-    item.and_then(|i| i.get("pk")).and_then(|v| v.as_s().ok()).cloned()
+    item.and_then(|i| i.get("pk"))
+        .and_then(|v| v.as_s().ok())
+        .cloned()
 }
 
 impl DynamoCounter {
@@ -90,9 +95,17 @@ impl Intercept for DynamoCounter {
         "DynamoCounter"
     }
 
-    fn read_before_execution(&self, ctx: &BeforeSerializationInterceptorContextRef<'_>, cfg: &mut ConfigBag) -> Result<(), BoxError> {
+    fn read_before_execution(
+        &self,
+        ctx: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
         let input = ctx.input();
-        let op = cfg.load::<Metadata>().map(|m| m.name().to_string()).filter(|n| !n.is_empty()).unwrap_or_else(|| op_name(input));
+        let op = cfg
+            .load::<Metadata>()
+            .map(|m| m.name().to_string())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| op_name(input));
         let mut pks: Vec<String> = Vec::new();
         if let Some(i) = input.downcast_ref::<PutItemInput>() {
             pks.extend(pk_of(i.item()));
@@ -114,12 +127,19 @@ impl Intercept for DynamoCounter {
                 pks.extend(pk_of(t.delete().map(|d| d.key())));
             }
         }
-        if let Some(i) = input.downcast_ref::<aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemInput>() {
+        if let Some(i) =
+            input.downcast_ref::<aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemInput>()
+        {
             let poisoned = self.1.lock().map(|p| p.clone()).unwrap_or_default();
             if !poisoned.is_empty() {
                 let hit = i
                     .request_items()
-                    .map(|m| m.values().flat_map(|ka| ka.keys().iter()).filter_map(|k| pk_of(Some(k))).any(|pk| poisoned.contains(&pk)))
+                    .map(|m| {
+                        m.values()
+                            .flat_map(|ka| ka.keys().iter())
+                            .filter_map(|k| pk_of(Some(k)))
+                            .any(|pk| poisoned.contains(&pk))
+                    })
                     .unwrap_or(false);
                 if hit {
                     return Err("injected read failure (poison page)".into());
@@ -137,7 +157,10 @@ impl Intercept for DynamoCounter {
 }
 
 fn op_name(input: &aws_smithy_runtime_api::client::interceptors::context::Input) -> String {
-    use aws_sdk_dynamodb::operation::{batch_get_item::BatchGetItemInput, get_item::GetItemInput, query::QueryInput, scan::ScanInput};
+    use aws_sdk_dynamodb::operation::{
+        batch_get_item::BatchGetItemInput, get_item::GetItemInput, query::QueryInput,
+        scan::ScanInput,
+    };
     let name = if input.downcast_ref::<PutItemInput>().is_some() {
         "PutItem"
     } else if input.downcast_ref::<UpdateItemInput>().is_some() {
@@ -183,32 +206,72 @@ impl Harness {
     pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
         std::env::set_var("ASSETSYNC_FAST_RETRY", "1");
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
             .with_test_writer()
             .try_init();
         let stack = LocalStack::start().await?;
         let sdk = stack.sdk_config().await;
         let env: HashMap<String, String> = stack.function_env("importer").into_iter().collect();
-        let mut settings = Settings::from_lookup(|k| env.get(k).cloned()).context("the importer's environment from the template")?;
+        let mut settings = Settings::from_lookup(|k| env.get(k).cloned())
+            .context("the importer's environment from the template")?;
         adjust(&mut settings);
         let counter = DynamoCounter::default();
-        let ddb_conf = aws_sdk_dynamodb::config::Builder::from(&sdk).interceptor(counter.clone()).build();
+        let ddb_conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .interceptor(counter.clone())
+            .build();
         let ddb = aws_sdk_dynamodb::Client::from_conf(ddb_conf);
         let sqs = aws_sdk_sqs::Client::new(&sdk);
-        let fetcher = Fetcher::with_clients(settings.clone(), ddb.clone(), sqs.clone(), aws_sdk_secretsmanager::Client::new(&sdk));
+        let fetcher = Fetcher::with_clients(
+            settings.clone(),
+            ddb.clone(),
+            sqs.clone(),
+            aws_sdk_secretsmanager::Client::new(&sdk),
+        );
         let importer = Importer::new(settings.clone(), ddb.clone());
         let store = Store::new(ddb, settings.table.clone());
-        let runs = Runs { store: store.clone(), lease_seconds: settings.lease_seconds };
-        let runner = LocalRunner { fetcher, importer, sqs, fetcher_budget: Duration::from_secs(900), max_wait: Duration::from_secs(300) };
-        Ok(Harness { stack, sdk, settings, ddb: counter, runner, store, runs })
+        let runs = Runs {
+            store: store.clone(),
+            lease_seconds: settings.lease_seconds,
+        };
+        let runner = LocalRunner {
+            fetcher,
+            importer,
+            sqs,
+            fetcher_budget: Duration::from_secs(900),
+            max_wait: Duration::from_secs(300),
+        };
+        Ok(Harness {
+            stack,
+            sdk,
+            settings,
+            ddb: counter,
+            runner,
+            store,
+            runs,
+        })
     }
 
     /// Create or replace a secret.
     pub async fn put_secret(&self, name: &str, value: &Value) -> anyhow::Result<()> {
         let sm = aws_sdk_secretsmanager::Client::new(&self.sdk);
         let text = value.to_string();
-        if sm.create_secret().name(name).secret_string(&text).send().await.is_err() {
-            sm.put_secret_value().secret_id(name).secret_string(&text).send().await.context("put secret")?;
+        if sm
+            .create_secret()
+            .name(name)
+            .secret_string(&text)
+            .send()
+            .await
+            .is_err()
+        {
+            sm.put_secret_value()
+                .secret_id(name)
+                .secret_string(&text)
+                .send()
+                .await
+                .context("put secret")?;
         }
         Ok(())
     }
@@ -216,16 +279,32 @@ impl Harness {
     /// Run a sync of `event` to its end.
     pub async fn sync(&self, event: &Value) -> anyhow::Result<RunSummary> {
         let ev = ConnectionEvent::parse(event.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
-        self.runner.sync(&ev, |_| {}).await.map_err(|e| anyhow::anyhow!("{}", assetsync::error::chain(&e)))
+        self.runner
+            .sync(&ev, |_| {})
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", assetsync::error::chain(&e)))
     }
 
     /// Invoke the fetcher with a raw payload (as `aws lambda invoke` would), no draining.
-    pub async fn invoke_fetcher(&self, payload: Value) -> Result<Value, assetsync::error::SyncError> {
-        self.runner.fetcher.handle(payload, Some(std::time::Instant::now() + Duration::from_secs(900))).await
+    pub async fn invoke_fetcher(
+        &self,
+        payload: Value,
+    ) -> Result<Value, assetsync::error::SyncError> {
+        self.runner
+            .fetcher
+            .handle(
+                payload,
+                Some(std::time::Instant::now() + Duration::from_secs(900)),
+            )
+            .await
     }
 
     /// One register record.
-    pub async fn record(&self, object_type: &str, key: &str) -> anyhow::Result<Option<StoredRecord>> {
+    pub async fn record(
+        &self,
+        object_type: &str,
+        key: &str,
+    ) -> anyhow::Result<Option<StoredRecord>> {
         Ok(self.store.record(object_type, key).await?)
     }
 

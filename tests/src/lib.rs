@@ -1,5 +1,5 @@
 //! End-to-end test support for assetsync: vendor simulators and the local AWS stack.
 
-pub mod sim;
 pub mod harness;
+pub mod sim;
 pub mod stack;

@@ -13,10 +13,15 @@ struct HandlerError(SyncError);
 impl From<HandlerError> for Diagnostic {
     fn from(e: HandlerError) -> Self {
         let error_type = match &e.0 {
-            SyncError::Event(_) | SyncError::Mapping(_) | SyncError::Secret { .. } => "NonRetryable",
+            SyncError::Event(_) | SyncError::Mapping(_) | SyncError::Secret { .. } => {
+                "NonRetryable"
+            }
             _ => "Retryable",
         };
-        Diagnostic { error_type: error_type.into(), error_message: chain(&e.0) }
+        Diagnostic {
+            error_type: error_type.into(),
+            error_message: chain(&e.0),
+        }
     }
 }
 

@@ -15,11 +15,11 @@ use crate::event::{ObjectType, SourceKind};
 use crate::http::HttpCounts;
 
 pub mod endpoint_central;
-pub mod token;
 pub mod intune;
 pub mod jamf;
 pub mod jumpcloud;
 pub mod kandji;
+pub mod token;
 
 /// Where a connector stands in its listing; opaque to everything but the connector.
 /// It travels in the run record and on the fetch queue, so it must be small JSON.
@@ -54,12 +54,25 @@ pub trait StateStore: Send + Sync {
     /// Read one value.
     async fn get(&self, key: &str) -> Result<Option<Value>, ConnectorError>;
     /// Read many values at once (missing keys are absent from the result).
-    async fn get_many(&self, keys: &[String]) -> Result<std::collections::HashMap<String, Value>, ConnectorError>;
+    async fn get_many(
+        &self,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, Value>, ConnectorError>;
     /// Write one value (optionally expiring at a Unix time).
-    async fn put(&self, key: &str, value: &Value, expires_at: Option<i64>) -> Result<(), ConnectorError>;
+    async fn put(
+        &self,
+        key: &str,
+        value: &Value,
+        expires_at: Option<i64>,
+    ) -> Result<(), ConnectorError>;
     /// Write `value` only if the stored value's `version` field equals `expected_version`
     /// (`None`: only if absent). Returns false when someone else wrote first.
-    async fn put_if_version(&self, key: &str, value: &Value, expected_version: Option<i64>) -> Result<bool, ConnectorError>;
+    async fn put_if_version(
+        &self,
+        key: &str,
+        value: &Value,
+        expected_version: Option<i64>,
+    ) -> Result<bool, ConnectorError>;
 }
 
 /// An in-memory [`StateStore`] for unit tests and `sample`/`test` actions.
@@ -71,17 +84,36 @@ impl StateStore for MemoryState {
     async fn get(&self, key: &str) -> Result<Option<Value>, ConnectorError> {
         Ok(self.0.lock().await.get(key).cloned())
     }
-    async fn get_many(&self, keys: &[String]) -> Result<std::collections::HashMap<String, Value>, ConnectorError> {
+    async fn get_many(
+        &self,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, Value>, ConnectorError> {
         let m = self.0.lock().await;
-        Ok(keys.iter().filter_map(|k| m.get(k).map(|v| (k.clone(), v.clone()))).collect())
+        Ok(keys
+            .iter()
+            .filter_map(|k| m.get(k).map(|v| (k.clone(), v.clone())))
+            .collect())
     }
-    async fn put(&self, key: &str, value: &Value, _expires_at: Option<i64>) -> Result<(), ConnectorError> {
+    async fn put(
+        &self,
+        key: &str,
+        value: &Value,
+        _expires_at: Option<i64>,
+    ) -> Result<(), ConnectorError> {
         self.0.lock().await.insert(key.to_string(), value.clone());
         Ok(())
     }
-    async fn put_if_version(&self, key: &str, value: &Value, expected: Option<i64>) -> Result<bool, ConnectorError> {
+    async fn put_if_version(
+        &self,
+        key: &str,
+        value: &Value,
+        expected: Option<i64>,
+    ) -> Result<bool, ConnectorError> {
         let mut m = self.0.lock().await;
-        let cur = m.get(key).and_then(|v| v.get("version")).and_then(Value::as_i64);
+        let cur = m
+            .get(key)
+            .and_then(|v| v.get("version"))
+            .and_then(Value::as_i64);
         if cur != expected {
             return Ok(false);
         }
@@ -113,7 +145,9 @@ impl ConnectorContext {
             None => Ok(default.min(max)),
             Some(s) => match s.parse::<u32>() {
                 Ok(n) if (1..=max).contains(&n) => Ok(n),
-                _ => Err(ConnectorError::Config(format!("config:page_size={s} must be a number from 1 to {max}"))),
+                _ => Err(ConnectorError::Config(format!(
+                    "config:page_size={s} must be a number from 1 to {max}"
+                ))),
             },
         }
     }
@@ -144,7 +178,11 @@ pub trait Connector: Send + Sync {
 }
 
 /// Build the connector for a source from its secret (the parsed JSON of the secret string).
-pub async fn build(source: SourceKind, secret: &Value, ctx: ConnectorContext) -> Result<Box<dyn Connector>, ConnectorError> {
+pub async fn build(
+    source: SourceKind,
+    secret: &Value,
+    ctx: ConnectorContext,
+) -> Result<Box<dyn Connector>, ConnectorError> {
     Ok(match source {
         SourceKind::Jamf => Box::new(jamf::Jamf::new(secret, ctx)?),
         SourceKind::EndpointCentral => endpoint_central::EndpointCentral::new(secret, ctx)?,
@@ -156,7 +194,11 @@ pub async fn build(source: SourceKind, secret: &Value, ctx: ConnectorContext) ->
 
 /// The default mapping of a source for an object type and `config:api` listing
 /// (a zero-config connection works).
-pub fn default_mapping(source: SourceKind, object_type: ObjectType, api: Option<&str>) -> Result<&'static str, ConnectorError> {
+pub fn default_mapping(
+    source: SourceKind,
+    object_type: ObjectType,
+    api: Option<&str>,
+) -> Result<&'static str, ConnectorError> {
     let m = match source {
         SourceKind::Jamf => jamf::default_mapping(object_type, api),
         SourceKind::EndpointCentral => endpoint_central::default_mapping(object_type, api),
@@ -165,25 +207,36 @@ pub fn default_mapping(source: SourceKind, object_type: ObjectType, api: Option<
         SourceKind::Kandji => kandji::default_mapping(object_type, api),
     };
     m.ok_or_else(|| {
-        ConnectorError::Config(format!("{source} has no default mapping for {object_type}; give a `mapping` in the event"))
+        ConnectorError::Config(format!(
+            "{source} has no default mapping for {object_type}; give a `mapping` in the event"
+        ))
     })
 }
 
 /// Deserialize a secret into a connector's typed secret, naming the missing or wrong field.
-pub fn parse_secret<T: serde::de::DeserializeOwned>(source: SourceKind, secret: &Value, expected: &str) -> Result<T, ConnectorError> {
+pub fn parse_secret<T: serde::de::DeserializeOwned>(
+    source: SourceKind,
+    secret: &Value,
+    expected: &str,
+) -> Result<T, ConnectorError> {
     if !secret.is_object() {
         return Err(ConnectorError::Config(format!(
             "the {source} secret must be a JSON object with {expected}"
         )));
     }
-    serde_json::from_value(secret.clone())
-        .map_err(|e| ConnectorError::Config(format!("the {source} secret is malformed: {e}; it needs {expected}")))
+    serde_json::from_value(secret.clone()).map_err(|e| {
+        ConnectorError::Config(format!(
+            "the {source} secret is malformed: {e}; it needs {expected}"
+        ))
+    })
 }
 
 /// Require a non-empty string field of a secret.
 pub fn require(source: SourceKind, field: &str, value: &str) -> Result<(), ConnectorError> {
     if value.trim().is_empty() {
-        return Err(ConnectorError::Config(format!("the {source} secret field `{field}` is empty")));
+        return Err(ConnectorError::Config(format!(
+            "the {source} secret field `{field}` is empty"
+        )));
     }
     Ok(())
 }

@@ -15,7 +15,8 @@ struct Entry {
     refresh_at: Instant,
 }
 
-static CACHE: LazyLock<Mutex<HashMap<String, Entry>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+static CACHE: LazyLock<Mutex<HashMap<String, Entry>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// When to refresh a token that lives `lifetime`: a minute early, or at 80% for short lifetimes.
 pub fn refresh_margin(lifetime: Duration) -> Duration {
@@ -42,7 +43,13 @@ where
     }
     let (token, lifetime) = fetch().await?;
     if let Ok(mut cache) = CACHE.lock() {
-        cache.insert(key.to_string(), Entry { token: token.clone(), refresh_at: Instant::now() + refresh_margin(lifetime) });
+        cache.insert(
+            key.to_string(),
+            Entry {
+                token: token.clone(),
+                refresh_at: Instant::now() + refresh_margin(lifetime),
+            },
+        );
     }
     Ok(token)
 }

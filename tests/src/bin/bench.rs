@@ -31,11 +31,46 @@ enum Sim {
 impl Sim {
     async fn start(source: &str, n: usize) -> anyhow::Result<Self> {
         Ok(match source {
-            "jamf" => Sim::Jamf(JamfSim::start(JamfConfig { computers: n, ..JamfConfig::default() }).await?),
-            "intune" => Sim::Intune(IntuneSim::start(IntuneConfig { devices: n, users: n / 2, ..IntuneConfig::default() }).await?),
-            "endpoint-central" => Sim::Ec(EndpointCentralSim::start(EcSimConfig { devices: n, rate_limit: None, ..EcSimConfig::default() }).await?),
-            "kandji" => Sim::Kandji(KandjiSim::start(KandjiSimConfig { devices: n, users: n / 2, hourly_limit: 1_000_000, ..KandjiSimConfig::default() }).await?),
-            "jumpcloud" => Sim::JumpCloud(JumpCloudSim::start(JumpCloudConfig { systems: n, users: n / 2, ..JumpCloudConfig::default() }).await?),
+            "jamf" => Sim::Jamf(
+                JamfSim::start(JamfConfig {
+                    computers: n,
+                    ..JamfConfig::default()
+                })
+                .await?,
+            ),
+            "intune" => Sim::Intune(
+                IntuneSim::start(IntuneConfig {
+                    devices: n,
+                    users: n / 2,
+                    ..IntuneConfig::default()
+                })
+                .await?,
+            ),
+            "endpoint-central" => Sim::Ec(
+                EndpointCentralSim::start(EcSimConfig {
+                    devices: n,
+                    rate_limit: None,
+                    ..EcSimConfig::default()
+                })
+                .await?,
+            ),
+            "kandji" => Sim::Kandji(
+                KandjiSim::start(KandjiSimConfig {
+                    devices: n,
+                    users: n / 2,
+                    hourly_limit: 1_000_000,
+                    ..KandjiSimConfig::default()
+                })
+                .await?,
+            ),
+            "jumpcloud" => Sim::JumpCloud(
+                JumpCloudSim::start(JumpCloudConfig {
+                    systems: n,
+                    users: n / 2,
+                    ..JumpCloudConfig::default()
+                })
+                .await?,
+            ),
             other => anyhow::bail!("unknown source {other}"),
         })
     }
@@ -108,13 +143,20 @@ async fn bench_source(source: &str, n: usize) -> anyhow::Result<Vec<String>> {
     let vendor = sim.control().data_requests() + sim.control().token_requests() - v0;
     let records = s.records_fetched;
     out.push(format!("{:.1}", wall.as_secs_f64()));
-    out.push(format!("{:.1}", vendor as f64 * 1000.0 / records.max(1) as f64));
+    out.push(format!(
+        "{:.1}",
+        vendor as f64 * 1000.0 / records.max(1) as f64
+    ));
     out.push(per_record(h.ddb.get().total(), records));
     // Unchanged.
     h.ddb.reset();
     let s2 = h.sync(&ev).await?;
     let c = h.ddb.get();
-    out.push(format!("{} ({} rec writes)", per_record(c.total(), records), c.record_writes));
+    out.push(format!(
+        "{} ({} rec writes)",
+        per_record(c.total(), records),
+        c.record_writes
+    ));
     // 1% changed.
     let step = 100;
     for i in (0..sim.count()).step_by(step) {
@@ -122,7 +164,11 @@ async fn bench_source(source: &str, n: usize) -> anyhow::Result<Vec<String>> {
     }
     h.ddb.reset();
     let s3 = h.sync(&ev).await?;
-    out.push(format!("{} ({} upd)", per_record(h.ddb.get().total(), records), s3.counts.updated));
+    out.push(format!(
+        "{} ({} upd)",
+        per_record(h.ddb.get().total(), records),
+        s3.counts.updated
+    ));
     // 1% gone: the missing-device sweep.
     let gone = sim.count() / 100;
     for k in 0..gone {
@@ -130,26 +176,56 @@ async fn bench_source(source: &str, n: usize) -> anyhow::Result<Vec<String>> {
     }
     h.ddb.reset();
     let s4 = h.sync(&ev).await?;
-    out.push(format!("{} ({} missing)", per_record(h.ddb.get().total(), records), s4.counts.missing));
-    eprintln!("{source}: first {:?}; unchanged {:?}; changed {:?}; sweep {:?}", s.counts, s2.counts, s3.counts, s4.counts);
+    out.push(format!(
+        "{} ({} missing)",
+        per_record(h.ddb.get().total(), records),
+        s4.counts.missing
+    ));
+    eprintln!(
+        "{source}: first {:?}; unchanged {:?}; changed {:?}; sweep {:?}",
+        s.counts, s2.counts, s3.counts, s4.counts
+    );
     Ok(out)
 }
 
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 async fn page_memory() -> anyhow::Result<()> {
     use assetsync::connectors::{self, ConnectorContext, MemoryState};
-    let sim = JamfSim::start(JamfConfig { computers: 2000, ..JamfConfig::default() }).await?;
+    let sim = JamfSim::start(JamfConfig {
+        computers: 2000,
+        ..JamfConfig::default()
+    })
+    .await?;
     let before = peak_rss_kib().unwrap_or(0);
-    let mapping = assetsync::mapping::Mapping::parse(connectors::default_mapping(assetsync::event::SourceKind::Jamf, ObjectType::Hardware, None)?)?;
-    let ctx = ConnectorContext { connection: "mem".into(), object_type: ObjectType::Hardware, config: mapping.config.clone(), state: std::sync::Arc::new(MemoryState::default()) };
+    let mapping = assetsync::mapping::Mapping::parse(connectors::default_mapping(
+        assetsync::event::SourceKind::Jamf,
+        ObjectType::Hardware,
+        None,
+    )?)?;
+    let ctx = ConnectorContext {
+        connection: "mem".into(),
+        object_type: ObjectType::Hardware,
+        config: mapping.config.clone(),
+        state: std::sync::Arc::new(MemoryState::default()),
+    };
     let c = connectors::build(assetsync::event::SourceKind::Jamf, &sim.secret(), ctx).await?;
     let page = c.fetch_page(None).await?;
-    let (records, skipped) = assetsync::fetcher::map_page(&mapping, c.as_ref(), &page.records, ObjectType::Hardware);
-    let bytes: usize = records.iter().map(|r| serde_json::to_string(r).map(|s| s.len()).unwrap_or(0)).sum();
+    let (records, skipped) =
+        assetsync::fetcher::map_page(&mapping, c.as_ref(), &page.records, ObjectType::Hardware);
+    let bytes: usize = records
+        .iter()
+        .map(|r| serde_json::to_string(r).map(|s| s.len()).unwrap_or(0))
+        .sum();
     let after = peak_rss_kib().unwrap_or(0);
     println!(
         "largest page: {} raw records, {} mapped, {} skipped, {} KiB of messages; peak RSS {} KiB (simulator included; {} KiB before the page)",
@@ -170,16 +246,29 @@ async fn main() -> anyhow::Result<()> {
         return page_memory().await;
     }
     let mut fleet = 10_000;
-    let mut sources = vec!["jamf", "intune", "endpoint-central", "kandji", "jumpcloud"].into_iter().map(String::from).collect::<Vec<_>>();
+    let mut sources = vec!["jamf", "intune", "endpoint-central", "kandji", "jumpcloud"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--fleet" => fleet = it.next().context("--fleet N")?.parse()?,
-            "--sources" => sources = it.next().context("--sources a,b")?.split(',').map(String::from).collect(),
+            "--sources" => {
+                sources = it
+                    .next()
+                    .context("--sources a,b")?
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            }
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
-    std::env::set_var("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()));
+    std::env::set_var(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+    );
     println!("| source | first sync s | vendor req / 1k | ddb req/rec first | unchanged | 1% changed | 1% missing sweep |");
     println!("|---|---|---|---|---|---|---|");
     for s in &sources {

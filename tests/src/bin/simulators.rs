@@ -84,8 +84,10 @@ fn write_atomically(path: &Path, value: &Value) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_string_pretty(value)? + "\n").with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::write(&tmp, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -118,7 +120,9 @@ async fn stop_signal(exit_with_pid: Option<u32>) -> &'static str {
         .await;
     };
     let parent_gone = async {
-        let Some(pid) = exit_with_pid else { return std::future::pending::<()>().await };
+        let Some(pid) = exit_with_pid else {
+            return std::future::pending::<()>().await;
+        };
         while process_alive(pid) {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -136,22 +140,51 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let people = args.people.unwrap_or(n).max(1);
     let seed = args.seed;
 
-    let jamf = JamfSim::start(JamfConfig { computers: n, mobile_devices: args.mobile.unwrap_or(n / 4), seed, ..JamfConfig::default() })
-        .await
-        .context("starting the Jamf Pro simulator")?;
-    let jumpcloud = JumpCloudSim::start(JumpCloudConfig { seed, systems: n, users: people, ..JumpCloudConfig::default() })
-        .await
-        .context("starting the JumpCloud simulator")?;
-    let intune = IntuneSim::start(IntuneConfig { seed, devices: n, users: people, ..IntuneConfig::default() })
-        .await
-        .context("starting the Intune simulator")?;
-    let kandji = KandjiSim::start(KandjiSimConfig { seed, devices: n, users: people, hourly_limit: args.kandji_hourly_limit, ..KandjiSimConfig::default() })
-        .await
-        .context("starting the Kandji simulator")?;
-    let rate_limit = (args.ec_rate_limit > 0).then(|| RateLimitCfg { requests: args.ec_rate_limit, ..RateLimitCfg::documented() });
-    let ec = EndpointCentralSim::start(EcSimConfig { seed, devices: n, rate_limit, ..EcSimConfig::default() })
-        .await
-        .context("starting the Endpoint Central simulator")?;
+    let jamf = JamfSim::start(JamfConfig {
+        computers: n,
+        mobile_devices: args.mobile.unwrap_or(n / 4),
+        seed,
+        ..JamfConfig::default()
+    })
+    .await
+    .context("starting the Jamf Pro simulator")?;
+    let jumpcloud = JumpCloudSim::start(JumpCloudConfig {
+        seed,
+        systems: n,
+        users: people,
+        ..JumpCloudConfig::default()
+    })
+    .await
+    .context("starting the JumpCloud simulator")?;
+    let intune = IntuneSim::start(IntuneConfig {
+        seed,
+        devices: n,
+        users: people,
+        ..IntuneConfig::default()
+    })
+    .await
+    .context("starting the Intune simulator")?;
+    let kandji = KandjiSim::start(KandjiSimConfig {
+        seed,
+        devices: n,
+        users: people,
+        hourly_limit: args.kandji_hourly_limit,
+        ..KandjiSimConfig::default()
+    })
+    .await
+    .context("starting the Kandji simulator")?;
+    let rate_limit = (args.ec_rate_limit > 0).then(|| RateLimitCfg {
+        requests: args.ec_rate_limit,
+        ..RateLimitCfg::documented()
+    });
+    let ec = EndpointCentralSim::start(EcSimConfig {
+        seed,
+        devices: n,
+        rate_limit,
+        ..EcSimConfig::default()
+    })
+    .await
+    .context("starting the Endpoint Central simulator")?;
 
     let doc = json!({
         "jamf": {"base_url": jamf.base_url(), "secret": jamf.secret(), "computers": jamf.computer_count(), "mobile_devices": jamf.mobile_count()},
@@ -180,10 +213,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn main() {
     let args = Args::parse();
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SIM_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .try_init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("simulators: cannot start the async runtime: {e}");

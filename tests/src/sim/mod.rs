@@ -88,7 +88,12 @@ impl Control {
 
     /// Requests whose path starts with `prefix`.
     pub fn requests_to(&self, prefix: &str) -> u64 {
-        self.state().by_path.iter().filter(|(p, _)| p.starts_with(prefix)).map(|(_, n)| *n).sum()
+        self.state()
+            .by_path
+            .iter()
+            .filter(|(p, _)| p.starts_with(prefix))
+            .map(|(_, n)| *n)
+            .sum()
     }
 
     /// Issue a token that lives `default_lifetime` unless a test set another.
@@ -109,12 +114,18 @@ impl Control {
 
     /// Whether a token is known and unexpired.
     pub fn token_valid(&self, token: &str) -> bool {
-        self.state().tokens.get(token).is_some_and(|exp| Instant::now() < *exp)
+        self.state()
+            .tokens
+            .get(token)
+            .is_some_and(|exp| Instant::now() < *exp)
     }
 
     /// Register a token that never expires (static API keys are checked by the simulator itself).
     pub fn add_static_token(&self, token: &str) {
-        self.state().tokens.insert(token.to_string(), Instant::now() + Duration::from_secs(86400 * 365));
+        self.state().tokens.insert(
+            token.to_string(),
+            Instant::now() + Duration::from_secs(86400 * 365),
+        );
     }
 
     /// Call at the start of every data request: counts it and returns the fault to apply, if any.
@@ -138,7 +149,11 @@ impl Control {
 pub async fn fault_response(fault: Option<Fault>) -> Option<Response> {
     match fault? {
         Fault::TooManyRequests { retry_after } => {
-            let mut r = (StatusCode::TOO_MANY_REQUESTS, "{\"error\":\"rate limit exceeded\"}").into_response();
+            let mut r = (
+                StatusCode::TOO_MANY_REQUESTS,
+                "{\"error\":\"rate limit exceeded\"}",
+            )
+                .into_response();
             if let Some(s) = retry_after {
                 if let Ok(v) = s.to_string().parse() {
                     r.headers_mut().insert(header::RETRY_AFTER, v);
@@ -146,9 +161,13 @@ pub async fn fault_response(fault: Option<Fault>) -> Option<Response> {
             }
             Some(r)
         }
-        Fault::ServerError(code) => {
-            Some((StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "upstream error").into_response())
-        }
+        Fault::ServerError(code) => Some(
+            (
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "upstream error",
+            )
+                .into_response(),
+        ),
         Fault::Delay(d) => {
             tokio::time::sleep(d).await;
             None
@@ -168,7 +187,9 @@ pub async fn fault_response(fault: Option<Fault>) -> Option<Response> {
 pub fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, tok) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| tok.trim().to_string())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| tok.trim().to_string())
 }
 
 /// A running simulator; the server stops when this is dropped.
@@ -193,5 +214,9 @@ pub async fn serve(router: Router, control: Control) -> anyhow::Result<SimHandle
             tracing::error!(error = %e, "simulator stopped");
         }
     });
-    Ok(SimHandle { base_url: format!("http://{addr}"), control, task })
+    Ok(SimHandle {
+        base_url: format!("http://{addr}"),
+        control,
+        task,
+    })
 }
