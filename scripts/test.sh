@@ -45,6 +45,6 @@ step "infra/lint.sh"
 bash infra/lint.sh
 
 step "cargo test --workspace"
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"
 
 step "all checks passed in $((SECONDS - started))s"

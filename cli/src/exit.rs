@@ -16,12 +16,18 @@ pub struct Exit {
 
 impl Exit {
     pub fn with_message(code: i32, message: impl Into<String>) -> anyhow::Error {
-        anyhow::Error::new(Exit { code, message: Some(message.into()) })
+        anyhow::Error::new(Exit {
+            code,
+            message: Some(message.into()),
+        })
     }
 
     /// Leave with `code`, everything already printed.
     pub fn silent(code: i32) -> anyhow::Error {
-        anyhow::Error::new(Exit { code, message: None })
+        anyhow::Error::new(Exit {
+            code,
+            message: None,
+        })
     }
 }
 
@@ -59,7 +65,9 @@ mod tests {
 
     #[test]
     fn causes_are_joined_once() {
-        let e = Err::<(), _>(std::io::Error::other("disk full")).context("writing x").unwrap_err();
+        let e = Err::<(), _>(std::io::Error::other("disk full"))
+            .context("writing x")
+            .unwrap_err();
         assert_eq!(one_line(&e), "writing x: disk full");
     }
 }

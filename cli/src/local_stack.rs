@@ -71,7 +71,11 @@ fn up(g: &Global, root: &Path, recreate: bool) -> anyhow::Result<()> {
     }
     let dir = local_dir(g, root);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let given = g.endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok().filter(|v| !v.trim().is_empty()));
+    let given = g.endpoint.clone().or_else(|| {
+        std::env::var("AWS_ENDPOINT_URL")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+    });
     let (endpoint, moto, reused) = match given {
         Some(e) => {
             target::check_reachable(&e)?;
@@ -86,11 +90,20 @@ fn up(g: &Global, root: &Path, recreate: bool) -> anyhow::Result<()> {
         },
     };
     if let Some(m) = &moto {
-        eprintln!("local up: moto {} at {} (pid {})", if reused { "already running" } else { "started" }, m.endpoint, m.pid);
+        eprintln!(
+            "local up: moto {} at {} (pid {})",
+            if reused { "already running" } else { "started" },
+            m.endpoint,
+            m.pid
+        );
     }
     let stack_file = target::stack_file(g);
     let mut cmd = Command::new(venv.join("python"));
-    cmd.arg(root.join("infra").join("local_deploy.py")).arg("--endpoint").arg(&endpoint).arg("--out").arg(&stack_file);
+    cmd.arg(root.join("infra").join("local_deploy.py"))
+        .arg("--endpoint")
+        .arg(&endpoint)
+        .arg("--out")
+        .arg(&stack_file);
     if recreate {
         cmd.arg("--recreate");
     }
@@ -102,9 +115,16 @@ fn up(g: &Global, root: &Path, recreate: bool) -> anyhow::Result<()> {
         .output()
         .context("running infra/local_deploy.py")?;
     if !out.status.success() {
-        bail!("infra/local_deploy.py failed ({}); see its messages above{}", out.status, moto.as_ref().map(|_| format!("; moto's log: {}", dir.join("moto.log").display())).unwrap_or_default());
+        bail!(
+            "infra/local_deploy.py failed ({}); see its messages above{}",
+            out.status,
+            moto.as_ref()
+                .map(|_| format!("; moto's log: {}", dir.join("moto.log").display()))
+                .unwrap_or_default()
+        );
     }
-    let info: Value = serde_json::from_slice(&out.stdout).context("infra/local_deploy.py printed no JSON document")?;
+    let info: Value = serde_json::from_slice(&out.stdout)
+        .context("infra/local_deploy.py printed no JSON document")?;
     if g.json {
         return output::json(&json!({
             "endpoint": endpoint,
@@ -118,18 +138,29 @@ fn up(g: &Global, root: &Path, recreate: bool) -> anyhow::Result<()> {
     }
     println!("endpoint    {endpoint}");
     if let Some(m) = &moto {
-        println!("moto        pid {}{}", m.pid, if reused { " (reused)" } else { "" });
+        println!(
+            "moto        pid {}{}",
+            m.pid,
+            if reused { " (reused)" } else { "" }
+        );
     }
     println!("stack file  {}", stack_file.display());
     if let Some(outputs) = info.get("outputs").and_then(Value::as_object) {
         let width = outputs.keys().map(String::len).max().unwrap_or(0);
         for (k, v) in outputs {
-            println!("  {k}{}  {}", " ".repeat(width - k.len()), v.as_str().unwrap_or_default());
+            println!(
+                "  {k}{}  {}",
+                " ".repeat(width - k.len()),
+                v.as_str().unwrap_or_default()
+            );
         }
     }
     if let Some(secrets) = info.get("secrets").and_then(Value::as_array) {
         let names: Vec<&str> = secrets.iter().filter_map(Value::as_str).collect();
-        println!("secrets     {} (placeholders: `assetsync secrets put NAME --file F`)", names.join(", "));
+        println!(
+            "secrets     {} (placeholders: `assetsync secrets put NAME --file F`)",
+            names.join(", ")
+        );
     }
     Ok(())
 }
@@ -143,13 +174,24 @@ fn read_record(dir: &Path) -> Option<MotoRecord> {
 fn pid_is_moto(pid: u32) -> bool {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     if Path::new("/proc/self").exists() {
-        return std::fs::read(proc_dir.join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains("moto")).unwrap_or(false);
+        return std::fs::read(proc_dir.join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains("moto"))
+            .unwrap_or(false);
     }
-    Command::new("kill").arg("-0").arg(pid.to_string()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("kill")
+        .arg("-0")
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn listening(port: u16) -> bool {
-    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(300)).is_ok()
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(300),
+    )
+    .is_ok()
 }
 
 /// The moto an earlier `local up` started, if it still runs and listens.
@@ -172,7 +214,8 @@ fn log_tail(path: &Path) -> String {
 fn start_moto(venv: &Path, dir: &Path) -> anyhow::Result<MotoRecord> {
     let port = free_port()?;
     let log_path = dir.join("moto.log");
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
     let mut child = Command::new(venv.join("moto_server"))
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdin(Stdio::null())
@@ -185,7 +228,10 @@ fn start_moto(venv: &Path, dir: &Path) -> anyhow::Result<MotoRecord> {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {
-            bail!("moto_server exited ({status}) before listening on 127.0.0.1:{port}:\n{}", log_tail(&log_path));
+            bail!(
+                "moto_server exited ({status}) before listening on 127.0.0.1:{port}:\n{}",
+                log_tail(&log_path)
+            );
         }
         if listening(port) {
             break;
@@ -193,12 +239,23 @@ fn start_moto(venv: &Path, dir: &Path) -> anyhow::Result<MotoRecord> {
         if started.elapsed() > MOTO_READY_TIMEOUT {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("moto_server did not listen on 127.0.0.1:{port} within {MOTO_READY_TIMEOUT:?}:\n{}", log_tail(&log_path));
+            bail!(
+                "moto_server did not listen on 127.0.0.1:{port} within {MOTO_READY_TIMEOUT:?}:\n{}",
+                log_tail(&log_path)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let rec = MotoRecord { pid: child.id(), port, endpoint: format!("http://127.0.0.1:{port}"), started_at: assetsync::runs::now() };
-    std::fs::write(dir.join("moto.json"), serde_json::to_string_pretty(&rec)? + "\n")?;
+    let rec = MotoRecord {
+        pid: child.id(),
+        port,
+        endpoint: format!("http://127.0.0.1:{port}"),
+        started_at: assetsync::runs::now(),
+    };
+    std::fs::write(
+        dir.join("moto.json"),
+        serde_json::to_string_pretty(&rec)? + "\n",
+    )?;
     std::fs::write(dir.join("moto.pid"), format!("{}\n", rec.pid))?;
     Ok(rec)
 }
@@ -209,13 +266,19 @@ fn down(g: &Global, root: &Path) -> anyhow::Result<()> {
     let mut stopped = None;
     if let Some(m) = &rec {
         if pid_is_moto(m.pid) {
-            let _ = Command::new("kill").arg("-TERM").arg(m.pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(m.pid.to_string())
+                .status();
             let begin = Instant::now();
             while pid_is_moto(m.pid) && begin.elapsed() < Duration::from_secs(5) {
                 std::thread::sleep(Duration::from_millis(100));
             }
             if pid_is_moto(m.pid) {
-                let _ = Command::new("kill").arg("-KILL").arg(m.pid.to_string()).status();
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(m.pid.to_string())
+                    .status();
             }
             stopped = Some(m.pid);
         }
@@ -223,7 +286,16 @@ fn down(g: &Global, root: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(dir.join("moto.pid"));
         // The stack lived in that moto's memory: its description is stale now.
         let stack_file = target::stack_file(g);
-        if target::read_stack_file(&stack_file).ok().and_then(|i| i.get("endpoint").and_then(Value::as_str).map(str::to_string)).as_deref() == Some(m.endpoint.as_str()) {
+        if target::read_stack_file(&stack_file)
+            .ok()
+            .and_then(|i| {
+                i.get("endpoint")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .as_deref()
+            == Some(m.endpoint.as_str())
+        {
             let _ = std::fs::remove_file(&stack_file);
         }
     }

@@ -25,8 +25,8 @@ WHERE THE STACK IS
   environment); every command then uses it and its endpoint, with test credentials. Commands that
   run handlers (sync, sample, test, runs redrive) run them in-process: moto cannot run Lambdas.
 
-  Deployed (AWS): with TABLE_NAME set (and no --local / --stack-file), names come from the
-  environment and credentials from the usual AWS chain (profile, SSO, env):
+  Deployed (AWS): with TABLE_NAME set (no --stack-file; with --local only when no stack file
+  exists), names come from the environment and credentials from the usual AWS chain:
     TABLE_NAME  RECORDS_QUEUE_URL  FETCH_QUEUE_URL  DLQ_URL  FETCHER_FUNCTION
   One way to set them from the stack's outputs (AWS CLI):
     q() { aws cloudformation describe-stacks --stack-name assetsync --output text \\
@@ -63,8 +63,8 @@ pub struct Global {
     /// The local stack description written by `assetsync local up`.
     #[arg(long, global = true, value_name = "FILE")]
     pub stack_file: Option<PathBuf>,
-    /// Use the local stack (stack file) even when TABLE_NAME is set; for `sync`: run the handlers
-    /// in-process instead of invoking the deployed fetcher.
+    /// Run the handlers in this process (sync, sample, test, runs redrive) instead of invoking the
+    /// deployed fetcher; prefer the local stack file, when there is one, over TABLE_NAME & co.
     #[arg(long, global = true)]
     pub local: bool,
 }
@@ -145,6 +145,7 @@ pub enum RunsCmd {
 pub enum AssetsCmd {
     /// Records of a type (Hardware, Person, Software; any case).
     List {
+        /// Hardware, Person or Software (any case).
         #[arg(value_name = "TYPE")]
         object_type: String,
         #[arg(long, default_value_t = 50)]
@@ -152,23 +153,30 @@ pub enum AssetsCmd {
     },
     /// One record: attributes with who set each and when, its sources, missing-from connections.
     Get {
+        /// Hardware, Person or Software (any case).
         #[arg(value_name = "TYPE")]
         object_type: String,
+        /// The record's key: a serial number, a person's id or email (normalised as runs do).
         key: String,
     },
     /// A hand edit: set attributes that runs will preserve. `ATTR=` (empty) releases an attribute
     /// back to the sources (its value stays until a source writes it).
     Set {
+        /// Hardware, Person or Software (any case).
         #[arg(value_name = "TYPE")]
         object_type: String,
+        /// The record's key: a serial number, a person's id or email (normalised as runs do).
         key: String,
+        /// Attributes to set, e.g. "Location=Room 4"; `ATTR=` releases one.
         #[arg(value_name = "ATTR=VALUE", required = true, num_args = 1..)]
         assignments: Vec<String>,
     },
     /// Every change made to a record: attribute, old, new, connection, run, time.
     History {
+        /// Hardware, Person or Software (any case).
         #[arg(value_name = "TYPE")]
         object_type: String,
+        /// The record's key: a serial number, a person's id or email (normalised as runs do).
         key: String,
     },
 }
@@ -188,7 +196,8 @@ pub enum SecretsCmd {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ASSETSYNC_LOG").unwrap_or_else(|_| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ASSETSYNC_LOG")
+        .unwrap_or_else(|_| "warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -202,8 +211,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Local { cmd } => local_stack::run(&g, cmd).await,
         Cmd::Sync { event } => sync::sync(&g, &event).await,
-        Cmd::Sample { event } => sync::sample_or_test(&g, &event, assetsync::event::Action::Sample).await,
-        Cmd::Test { event } => sync::sample_or_test(&g, &event, assetsync::event::Action::Test).await,
+        Cmd::Sample { event } => {
+            sync::sample_or_test(&g, &event, assetsync::event::Action::Sample).await
+        }
+        Cmd::Test { event } => {
+            sync::sample_or_test(&g, &event, assetsync::event::Action::Test).await
+        }
         Cmd::Runs { cmd } => runs_cmd::run(&g, cmd).await,
         Cmd::Assets { cmd } => assets::run(&g, cmd).await,
         Cmd::Secrets { cmd } => secrets::run(&g, cmd).await,
@@ -213,7 +226,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() {
     let cli = Cli::parse();
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("assetsync: cannot start the async runtime: {e}");
@@ -250,20 +266,60 @@ mod tests {
 
     #[test]
     fn parses_the_documented_commands() {
-        let c = Cli::try_parse_from(["assetsync", "sync", "--event", "e.json", "--local", "--json"]).unwrap();
+        let c = Cli::try_parse_from([
+            "assetsync",
+            "sync",
+            "--event",
+            "e.json",
+            "--local",
+            "--json",
+        ])
+        .unwrap();
         assert!(c.global.json && c.global.local);
-        let c = Cli::try_parse_from(["assetsync", "assets", "set", "hardware", "C02", "Location=Room 4", "Owner="]).unwrap();
+        let c = Cli::try_parse_from([
+            "assetsync",
+            "assets",
+            "set",
+            "hardware",
+            "C02",
+            "Location=Room 4",
+            "Owner=",
+        ])
+        .unwrap();
         match c.cmd {
-            Cmd::Assets { cmd: AssetsCmd::Set { object_type, key, assignments } } => {
+            Cmd::Assets {
+                cmd:
+                    AssetsCmd::Set {
+                        object_type,
+                        key,
+                        assignments,
+                    },
+            } => {
                 assert_eq!((object_type.as_str(), key.as_str()), ("hardware", "C02"));
-                assert_eq!(assignments, vec!["Location=Room 4".to_string(), "Owner=".to_string()]);
+                assert_eq!(
+                    assignments,
+                    vec!["Location=Room 4".to_string(), "Owner=".to_string()]
+                );
             }
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["assetsync", "assets", "set", "hardware", "C02"]).is_err());
-        let c = Cli::try_parse_from(["assetsync", "--json", "runs", "list", "--limit", "5"]).unwrap();
-        assert!(matches!(c.cmd, Cmd::Runs { cmd: RunsCmd::List { limit: 5, .. } }));
-        let c = Cli::try_parse_from(["assetsync", "local", "up", "--endpoint", "http://127.0.0.1:5000"]).unwrap();
+        let c =
+            Cli::try_parse_from(["assetsync", "--json", "runs", "list", "--limit", "5"]).unwrap();
+        assert!(matches!(
+            c.cmd,
+            Cmd::Runs {
+                cmd: RunsCmd::List { limit: 5, .. }
+            }
+        ));
+        let c = Cli::try_parse_from([
+            "assetsync",
+            "local",
+            "up",
+            "--endpoint",
+            "http://127.0.0.1:5000",
+        ])
+        .unwrap();
         assert_eq!(c.global.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
     }
 }

@@ -26,30 +26,59 @@ pub fn seconds_between(start: &str, end: Option<&str>) -> Option<i64> {
 pub fn summary_text(s: &RunSummary, max_errors: Option<usize>) -> String {
     let mut out = String::new();
     let c = &s.counts;
-    out.push_str(&format!("run       {}\n", s.run_id));
-    out.push_str(&format!("connection {} ({}, {}, {})\n", s.connection, s.source, s.object_type, s.mode));
-    out.push_str(&format!("status    {}\n", s.status.as_str()));
-    let took = seconds_between(&s.started_at, s.finished_at.as_deref()).map(|x| format!(" ({x} s)")).unwrap_or_default();
-    out.push_str(&format!("started   {}   finished {}{}\n", s.started_at, s.finished_at.as_deref().unwrap_or("-"), took));
-    out.push_str(&format!("pages     fetched {}, imported {}, dead-lettered {}\n", s.pages.fetched, s.pages.imported, s.pages.dead));
-    let total = s.vendor_total.map(|t| format!(" of {t} the vendor reported")).unwrap_or_default();
-    out.push_str(&format!("records   fetched {}{}\n", s.records_fetched, total));
+    out.push_str(&format!("run         {}\n", s.run_id));
     out.push_str(&format!(
-        "counts    created {}  updated {}  unchanged {}  skipped {}  not found {}  missing {}  duplicate {}  errors {}\n",
+        "connection  {} ({}, {}, {})\n",
+        s.connection, s.source, s.object_type, s.mode
+    ));
+    out.push_str(&format!("status      {}\n", s.status.as_str()));
+    let took = seconds_between(&s.started_at, s.finished_at.as_deref())
+        .map(|x| format!(" ({x} s)"))
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "started     {}   finished {}{}\n",
+        s.started_at,
+        s.finished_at.as_deref().unwrap_or("-"),
+        took
+    ));
+    out.push_str(&format!(
+        "pages       fetched {}, imported {}, dead-lettered {}\n",
+        s.pages.fetched, s.pages.imported, s.pages.dead
+    ));
+    let total = s
+        .vendor_total
+        .map(|t| format!(" of {t} the vendor reported"))
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "records     fetched {}{}\n",
+        s.records_fetched, total
+    ));
+    out.push_str(&format!(
+        "counts      created {}  updated {}  unchanged {}  skipped {}  not found {}  missing {}  duplicate {}  errors {}\n",
         c.created, c.updated, c.unchanged, c.skipped, c.not_found, c.missing, c.duplicate, c.errors
     ));
-    out.push_str(&format!("vendor    {} requests, {} throttled ({} ms waited)\n", s.vendor_requests, s.throttled, s.throttle_wait_ms));
+    out.push_str(&format!(
+        "vendor      {} requests, {} throttled ({} ms waited)\n",
+        s.vendor_requests, s.throttled, s.throttle_wait_ms
+    ));
     if let Some(m) = &s.message {
-        out.push_str(&format!("message   {m}\n"));
+        out.push_str(&format!("message     {m}\n"));
     }
     if !s.errors.is_empty() {
         let shown = max_errors.unwrap_or(usize::MAX).min(s.errors.len());
-        out.push_str(&format!("errors and skipped records ({}):\n", s.errors.len()));
+        out.push_str(&format!(
+            "errors and skipped records ({}):\n",
+            s.errors.len()
+        ));
         for e in &s.errors[..shown] {
             out.push_str(&format!("  {}: {}\n", one_line(&e.key), e.reason));
         }
         if shown < s.errors.len() {
-            out.push_str(&format!("  … and {} more (`assetsync runs show {}` lists all)\n", s.errors.len() - shown, s.run_id));
+            out.push_str(&format!(
+                "  … and {} more (`assetsync runs show {}` lists all)\n",
+                s.errors.len() - shown,
+                s.run_id
+            ));
         }
     }
     out
@@ -73,13 +102,29 @@ pub fn runs_table(runs: &[RunSummary]) -> String {
                 c.duplicate.to_string(),
                 c.missing.to_string(),
                 c.errors.to_string(),
-                seconds_between(&s.started_at, s.finished_at.as_deref()).map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
+                seconds_between(&s.started_at, s.finished_at.as_deref())
+                    .map(|x| x.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 s.run_id.clone(),
             ]
         })
         .collect();
     table(
-        &["connection", "source", "type", "status", "created", "updated", "unchanged", "skipped", "duplicate", "missing", "errors", "seconds", "run"],
+        &[
+            "connection",
+            "source",
+            "type",
+            "status",
+            "created",
+            "updated",
+            "unchanged",
+            "skipped",
+            "duplicate",
+            "missing",
+            "errors",
+            "seconds",
+            "run",
+        ],
         &rows,
     )
 }
@@ -97,9 +142,26 @@ mod tests {
             status: Status::SucceededWithErrors,
             started_at: "2024-06-20T09:00:00Z".into(),
             finished_at: Some("2024-06-20T09:00:12Z".into()),
-            pages: Pages { fetched: 5, imported: 5, dead: 0 },
-            counts: Counts { created: 3, errors: 1, ..Default::default() },
-            errors: vec![RecordError { key: "C02".into(), reason: "boom".into() }, RecordError { key: "C03".into(), reason: "bang".into() }],
+            pages: Pages {
+                fetched: 5,
+                imported: 5,
+                dead: 0,
+            },
+            counts: Counts {
+                created: 3,
+                errors: 1,
+                ..Default::default()
+            },
+            errors: vec![
+                RecordError {
+                    key: "C02".into(),
+                    reason: "boom".into(),
+                },
+                RecordError {
+                    key: "C03".into(),
+                    reason: "bang".into(),
+                },
+            ],
             object_type: "Hardware".into(),
             mode: "create-update".into(),
             records_fetched: 4,
@@ -125,7 +187,20 @@ mod tests {
     fn table_has_the_columns() {
         let t = runs_table(&[summary()]);
         let header = t.lines().next().unwrap();
-        for c in ["connection", "source", "type", "status", "created", "updated", "unchanged", "skipped", "duplicate", "missing", "errors", "seconds"] {
+        for c in [
+            "connection",
+            "source",
+            "type",
+            "status",
+            "created",
+            "updated",
+            "unchanged",
+            "skipped",
+            "duplicate",
+            "missing",
+            "errors",
+            "seconds",
+        ] {
             assert!(header.contains(c), "{header}");
         }
         assert!(t.lines().nth(2).unwrap().contains("12"), "{t}");

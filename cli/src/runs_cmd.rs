@@ -14,7 +14,11 @@ pub async fn run(g: &Global, cmd: RunsCmd) -> anyhow::Result<()> {
     let target = Target::resolve(g).await?;
     let runs = target.runs();
     match cmd {
-        RunsCmd::List { limit, since, oldest_first } => {
+        RunsCmd::List {
+            limit,
+            since,
+            oldest_first,
+        } => {
             let mut items = runs.list(limit).await.context("listing runs")?;
             if let Some(since) = &since {
                 items.retain(|r| r.started_at.as_str() >= since.as_str());
@@ -24,7 +28,11 @@ pub async fn run(g: &Global, cmd: RunsCmd) -> anyhow::Result<()> {
             }
             let mut summaries: Vec<RunSummary> = Vec::with_capacity(items.len());
             for r in &items {
-                summaries.push(runs.summary(r).await.with_context(|| format!("reading run {}", r.run_id))?);
+                summaries.push(
+                    runs.summary(r)
+                        .await
+                        .with_context(|| format!("reading run {}", r.run_id))?,
+                );
             }
             if g.json {
                 output::json(&summaries)
@@ -38,7 +46,11 @@ pub async fn run(g: &Global, cmd: RunsCmd) -> anyhow::Result<()> {
             }
         }
         RunsCmd::Show { run_id } => {
-            let run = runs.get(&run_id).await?.ok_or_else(|| anyhow!("no run {run_id} in the register (`assetsync runs list` shows the recent ones)"))?;
+            let run = runs.get(&run_id).await?.ok_or_else(|| {
+                anyhow!(
+                    "no run {run_id} in the register (`assetsync runs list` shows the recent ones)"
+                )
+            })?;
             let summary = runs.summary(&run).await?;
             if g.json {
                 output::json(&summary)
@@ -48,16 +60,30 @@ pub async fn run(g: &Global, cmd: RunsCmd) -> anyhow::Result<()> {
             }
         }
         RunsCmd::Redrive { run_id } => {
-            let dlq = target.settings.dlq_url.clone().ok_or_else(|| anyhow!("the stack names no dead-letter queue (DLQ_URL)"))?;
+            let dlq = target
+                .settings
+                .dlq_url
+                .clone()
+                .ok_or_else(|| anyhow!("the stack names no dead-letter queue (DLQ_URL)"))?;
             let sqs = target.sqs();
-            let report = console::redrive(&runs, &sqs, &dlq, &target.settings.records_queue_url, &run_id)
-                .await
-                .map_err(|e| anyhow!("{}", chain(&e)))?;
+            let report = console::redrive(
+                &runs,
+                &sqs,
+                &dlq,
+                &target.settings.records_queue_url,
+                &run_id,
+            )
+            .await
+            .map_err(|e| anyhow!("{}", chain(&e)))?;
             // Locally nothing consumes the records queue: import the requeued pages now.
             let summary = if report.requeued > 0 && target.in_process(g) {
                 let runner = crate::sync::local_runner_for(&target);
                 let mut progress = crate::sync::Progress::new(&format!("redrive {run_id}"));
-                let res = runner.drain_until_done(&run_id, &mut |r: &assetsync::runs::RunItem| progress.update(r)).await;
+                let res = runner
+                    .drain_until_done(&run_id, &mut |r: &assetsync::runs::RunItem| {
+                        progress.update(r)
+                    })
+                    .await;
                 progress.finish();
                 Some(res.map_err(|e| anyhow!("importing the redriven pages: {}", chain(&e)))?)
             } else {

@@ -30,11 +30,16 @@ const MAX_WAIT: Duration = Duration::from_secs(6 * 3600);
 
 /// Read an event file, set its action, and check it as the fetcher will.
 pub fn read_event(path: &Path, action: Action) -> anyhow::Result<(Value, ConnectionEvent)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading event {}", path.display()))?;
-    let mut value: Value = serde_json::from_str(&text).with_context(|| format!("event {} is not JSON", path.display()))?;
-    let obj = value.as_object_mut().ok_or_else(|| anyhow!("event {} must be a JSON object", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading event {}", path.display()))?;
+    let mut value: Value = serde_json::from_str(&text)
+        .with_context(|| format!("event {} is not JSON", path.display()))?;
+    let obj = value
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("event {} must be a JSON object", path.display()))?;
     obj.insert("action".into(), serde_json::to_value(action)?);
-    let ev = ConnectionEvent::parse(value.clone()).map_err(|e| anyhow!("event {}: {e}", path.display()))?;
+    let ev = ConnectionEvent::parse(value.clone())
+        .map_err(|e| anyhow!("event {}: {e}", path.display()))?;
     Ok((value, ev))
 }
 
@@ -49,20 +54,38 @@ pub struct Progress {
 impl Progress {
     pub fn new(label: &str) -> Self {
         let tty = std::io::stderr().is_terminal();
-        let bar = if tty { ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
-        if let Ok(style) = ProgressStyle::with_template("{spinner} {prefix} [{elapsed_precise}] [{bar:25}] {pos}/{len} pages imported · {msg}") {
+        let bar = if tty {
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} {prefix} [{elapsed_precise}] [{bar:25}] {pos}/{len} pages imported · {msg}",
+        ) {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_prefix(label.to_string());
         bar.set_message("fetching…");
         bar.enable_steady_tick(Duration::from_millis(120));
-        Progress { bar, label: label.to_string(), tty, last_line: Instant::now() }
+        Progress {
+            bar,
+            label: label.to_string(),
+            tty,
+            last_line: Instant::now(),
+        }
     }
 
     pub fn update(&mut self, run: &RunItem) {
         let c = &run.counts;
-        let total = run.vendor_total.map(|t| format!("/{t}")).unwrap_or_default();
-        let fetching = if run.fetch_complete { "fetched" } else { "fetching" };
+        let total = run
+            .vendor_total
+            .map(|t| format!("/{t}"))
+            .unwrap_or_default();
+        let fetching = if run.fetch_complete {
+            "fetched"
+        } else {
+            "fetching"
+        };
         let msg = format!(
             "{fetching} {} pages, {}{total} records · created {} updated {} unchanged {} skipped {} errors {}",
             run.pages_fetched, run.records_fetched, c.created, c.updated, c.unchanged, c.skipped, c.errors
@@ -70,7 +93,13 @@ impl Progress {
         self.bar.set_length(run.pages_fetched.max(1));
         self.bar.set_position(run.pages_imported + run.pages_dead);
         if !self.tty && self.last_line.elapsed() >= Duration::from_secs(15) {
-            eprintln!("{}: {} · {}/{} pages imported", self.label, msg, run.pages_imported + run.pages_dead, run.pages_fetched);
+            eprintln!(
+                "{}: {} · {}/{} pages imported",
+                self.label,
+                msg,
+                run.pages_imported + run.pages_dead,
+                run.pages_fetched
+            );
             self.last_line = Instant::now();
         }
         self.bar.set_message(msg);
@@ -87,16 +116,27 @@ impl Progress {
 
 /// The run currently holding a connection's lease, if it is running.
 async fn leased_run(runs: &Runs, connection: &str) -> Option<RunItem> {
-    let item = runs.store.get(&format!("L#{connection}"), "#").await.ok()??;
+    let item = runs
+        .store
+        .get(&format!("L#{connection}"), "#")
+        .await
+        .ok()??;
     let run_id = item.get("run_id")?.as_s().ok()?.clone();
-    runs.get(&run_id).await.ok()?.filter(|r| r.status == "running")
+    runs.get(&run_id)
+        .await
+        .ok()?
+        .filter(|r| r.status == "running")
 }
 
 /// `assetsync sync --event FILE`.
 pub async fn sync(g: &Global, path: &Path) -> anyhow::Result<()> {
     let (value, event) = read_event(path, Action::Sync)?;
     let target = Target::resolve(g).await?;
-    let summary = if target.in_process(g) { sync_in_process(&target, value, &event).await? } else { sync_invoked(&target, value, &event).await? };
+    let summary = if target.in_process(g) {
+        sync_in_process(&target, value, &event).await?
+    } else {
+        sync_invoked(&target, value, &event).await?
+    };
     print_summary(g, &summary)?;
     if summary.status == Status::Failed {
         return Err(Exit::silent(RUN_FAILED));
@@ -117,15 +157,32 @@ fn print_summary(g: &Global, s: &RunSummary) -> anyhow::Result<()> {
 pub fn local_runner_for(target: &Target) -> LocalRunner {
     let ddb = target.ddb();
     let sqs = target.sqs();
-    let fetcher = Fetcher::with_clients(target.settings.clone(), ddb.clone(), sqs.clone(), aws_sdk_secretsmanager::Client::new(&target.sdk));
-    let importer = Importer::new(target.settings.clone(), ddb);
-    LocalRunner { fetcher, importer, sqs, fetcher_budget: FETCHER_BUDGET, max_wait: MAX_WAIT }
+    let fetcher = Fetcher::with_clients(
+        target.settings.clone(),
+        ddb.clone(),
+        sqs.clone(),
+        aws_sdk_secretsmanager::Client::new(&target.sdk),
+    );
+    // Against moto, import one page at a time: moto's transactions are not isolated.
+    let mut settings = target.settings.clone();
+    settings.importer_concurrency = 1;
+    let importer = Importer::new(settings, ddb);
+    LocalRunner {
+        fetcher,
+        importer,
+        sqs,
+        fetcher_budget: FETCHER_BUDGET,
+        max_wait: MAX_WAIT,
+    }
 }
 
 /// What a fetcher invocation answered for a sync: the run it started, or why none was started.
 fn started_run(answer: &Value) -> anyhow::Result<String> {
     if answer.get("started") == Some(&Value::Bool(false)) {
-        let msg = answer.get("message").and_then(Value::as_str).unwrap_or("a run of this connection is already in progress");
+        let msg = answer
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("a run of this connection is already in progress");
         return Err(Exit::with_message(ALREADY_RUNNING, msg));
     }
     answer
@@ -137,7 +194,11 @@ fn started_run(answer: &Value) -> anyhow::Result<String> {
 
 /// Run the handlers in this process: the fetcher in one task while the importer drains the
 /// records queue in another (as the event source mapping would), then both queues until the end.
-async fn sync_in_process(target: &Target, value: Value, event: &ConnectionEvent) -> anyhow::Result<RunSummary> {
+async fn sync_in_process(
+    target: &Target,
+    value: Value,
+    event: &ConnectionEvent,
+) -> anyhow::Result<RunSummary> {
     let runner = Arc::new(local_runner_for(target));
     let mut progress = Progress::new(&event.connection);
     let fetch_done = Arc::new(AtomicBool::new(false));
@@ -145,7 +206,10 @@ async fn sync_in_process(target: &Target, value: Value, event: &ConnectionEvent)
         let runner = runner.clone();
         let done = fetch_done.clone();
         tokio::spawn(async move {
-            let res = runner.fetcher.handle(value, Some(Instant::now() + FETCHER_BUDGET)).await;
+            let res = runner
+                .fetcher
+                .handle(value, Some(Instant::now() + FETCHER_BUDGET))
+                .await;
             done.store(true, Ordering::SeqCst);
             res
         })
@@ -153,7 +217,10 @@ async fn sync_in_process(target: &Target, value: Value, event: &ConnectionEvent)
     // Import while the fetcher fetches; stop between batches (never mid-batch) once it returns.
     let runs = runner.fetcher.runs.clone();
     while !fetch_done.load(Ordering::SeqCst) {
-        let n = runner.drain_records_queue().await.map_err(|e| anyhow!("importing: {}", chain(&e)))?;
+        let n = runner
+            .drain_records_queue()
+            .await
+            .map_err(|e| anyhow!("importing: {}", chain(&e)))?;
         if let Some(run) = leased_run(&runs, &event.connection).await {
             progress.update(&run);
         }
@@ -161,7 +228,10 @@ async fn sync_in_process(target: &Target, value: Value, event: &ConnectionEvent)
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
     }
-    let answer = fetch.await.context("the fetcher task")?.map_err(|e| anyhow!("{}", chain(&e)));
+    let answer = fetch
+        .await
+        .context("the fetcher task")?
+        .map_err(|e| anyhow!("{}", chain(&e)));
     let answer = match answer {
         Ok(a) => a,
         Err(e) => {
@@ -176,13 +246,19 @@ async fn sync_in_process(target: &Target, value: Value, event: &ConnectionEvent)
             return Err(e);
         }
     };
-    let res = runner.drain_until_done(&run_id, &mut |r: &RunItem| progress.update(r)).await;
+    let res = runner
+        .drain_until_done(&run_id, &mut |r: &RunItem| progress.update(r))
+        .await;
     progress.finish();
     res.map_err(|e| anyhow!("run {run_id}: {}", chain(&e)))
 }
 
 /// Invoke the deployed fetcher and follow the run in the register.
-async fn sync_invoked(target: &Target, value: Value, event: &ConnectionEvent) -> anyhow::Result<RunSummary> {
+async fn sync_invoked(
+    target: &Target,
+    value: Value,
+    event: &ConnectionEvent,
+) -> anyhow::Result<RunSummary> {
     let function = fetcher_function(target)?;
     let runs = target.runs();
     let mut progress = Progress::new(&event.connection);
@@ -210,7 +286,10 @@ async fn sync_invoked(target: &Target, value: Value, event: &ConnectionEvent) ->
     };
     let begin = Instant::now();
     let run = loop {
-        let run = runs.get(&answer).await?.ok_or_else(|| anyhow!("run {answer} is not in the register"))?;
+        let run = runs
+            .get(&answer)
+            .await?
+            .ok_or_else(|| anyhow!("run {answer} is not in the register"))?;
         progress.update(&run);
         if run.status != "running" {
             break run;
@@ -233,19 +312,35 @@ fn fetcher_function(target: &Target) -> anyhow::Result<String> {
 }
 
 /// Invoke the fetcher synchronously; its answer as JSON.
-async fn invoke(lambda: &aws_sdk_lambda::Client, function: &str, payload: &Value) -> anyhow::Result<Value> {
+async fn invoke(
+    lambda: &aws_sdk_lambda::Client,
+    function: &str,
+    payload: &Value,
+) -> anyhow::Result<Value> {
     let out = lambda
         .invoke()
         .function_name(function)
         .invocation_type(aws_sdk_lambda::types::InvocationType::RequestResponse)
-        .payload(aws_sdk_lambda::primitives::Blob::new(serde_json::to_vec(payload)?))
+        .payload(aws_sdk_lambda::primitives::Blob::new(serde_json::to_vec(
+            payload,
+        )?))
         .send()
         .await
-        .map_err(|e| anyhow!("invoking {function}: {}", aws_sdk_lambda::error::DisplayErrorContext(e)))?;
+        .map_err(|e| {
+            anyhow!(
+                "invoking {function}: {}",
+                aws_sdk_lambda::error::DisplayErrorContext(e)
+            )
+        })?;
     let body = out.payload.map(|b| b.into_inner()).unwrap_or_default();
-    let value: Value = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    let value: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
     if let Some(kind) = out.function_error {
-        let msg = value.get("errorMessage").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| value.to_string());
+        let msg = value
+            .get("errorMessage")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| value.to_string());
         bail!("the fetcher {function} failed ({kind}): {msg}");
     }
     Ok(value)
@@ -257,7 +352,10 @@ pub async fn sample_or_test(g: &Global, path: &Path, action: Action) -> anyhow::
     let target = Target::resolve(g).await?;
     let answer = if target.in_process(g) {
         let fetcher = local_runner_for(&target).fetcher;
-        fetcher.handle(value, Some(Instant::now() + FETCHER_BUDGET)).await.map_err(|e| anyhow!("{}", chain(&e)))?
+        fetcher
+            .handle(value, Some(Instant::now() + FETCHER_BUDGET))
+            .await
+            .map_err(|e| anyhow!("{}", chain(&e)))?
     } else {
         let function = fetcher_function(&target)?;
         invoke(&aws_sdk_lambda::Client::new(&target.sdk), &function, &value).await?
@@ -279,20 +377,36 @@ pub async fn sample_or_test(g: &Global, path: &Path, action: Action) -> anyhow::
 fn test_text(event: &ConnectionEvent, answer: &Value) -> String {
     let mut out = String::new();
     if answer.get("ok") == Some(&Value::Bool(true)) {
-        let msg = answer.get("message").and_then(Value::as_str).unwrap_or("authenticated and read a record");
-        out.push_str(&format!("ok: {} ({}): {msg}\n", event.connection, event.source));
+        let msg = answer
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("authenticated and read a record");
+        out.push_str(&format!(
+            "ok: {} ({}): {msg}\n",
+            event.connection, event.source
+        ));
         if let Some(sample) = answer.get("sample").filter(|s| !s.is_null()) {
             out.push_str(&mapped_text(sample));
         }
     } else {
-        let err = answer.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| answer.to_string());
-        out.push_str(&format!("test failed: {} ({}): {err}\n", event.connection, event.source));
+        let err = answer
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| answer.to_string());
+        out.push_str(&format!(
+            "test failed: {} ({}): {err}\n",
+            event.connection, event.source
+        ));
     }
     out
 }
 
 fn mapped_text(m: &Value) -> String {
-    let mut out = format!("  key: {}", m.get("key").and_then(Value::as_str).unwrap_or("(none)"));
+    let mut out = format!(
+        "  key: {}",
+        m.get("key").and_then(Value::as_str).unwrap_or("(none)")
+    );
     if let Some(id) = m.get("source_id").and_then(Value::as_str) {
         out.push_str(&format!("   source id: {id}"));
     }
@@ -303,18 +417,41 @@ fn mapped_text(m: &Value) -> String {
     if let Some(attrs) = m.get("attrs").and_then(Value::as_object) {
         let width = attrs.keys().map(|k| k.chars().count()).max().unwrap_or(0);
         for (k, v) in attrs {
-            let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-            out.push_str(&format!("    {k}{} = {}\n", " ".repeat(width - k.chars().count()), assetsync::console::one_line(&v)));
+            let v = v
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
+            out.push_str(&format!(
+                "    {k}{} = {}\n",
+                " ".repeat(width - k.chars().count()),
+                assetsync::console::one_line(&v)
+            ));
         }
     }
     out
 }
 
 fn sample_text(event: &ConnectionEvent, answer: &Value) -> String {
-    let mapped = answer.get("mapped").and_then(Value::as_array).cloned().unwrap_or_default();
-    let raw = answer.get("raw").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
-    let skipped = answer.get("skipped").and_then(Value::as_array).cloned().unwrap_or_default();
-    let total = answer.get("vendor_total").and_then(Value::as_u64).map(|t| format!("; the vendor reports {t} in all")).unwrap_or_default();
+    let mapped = answer
+        .get("mapped")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let raw = answer
+        .get("raw")
+        .and_then(Value::as_array)
+        .map(Vec::len)
+        .unwrap_or(0);
+    let skipped = answer
+        .get("skipped")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let total = answer
+        .get("vendor_total")
+        .and_then(Value::as_u64)
+        .map(|t| format!("; the vendor reports {t} in all"))
+        .unwrap_or_default();
     let mut out = format!(
         "sample of {} ({}, {}): {raw} raw records on the first page, {} mapped, {} without a key{total}\n(raw records: --json)\n\n",
         event.connection,
@@ -349,15 +486,26 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("assetsync-cli-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("e.json");
-        std::fs::write(&p, r#"{"connection":"jamf-prod","source":"jamf","secret_id":"s","action":"sample"}"#).unwrap();
+        std::fs::write(
+            &p,
+            r#"{"connection":"jamf-prod","source":"jamf","secret_id":"s","action":"sample"}"#,
+        )
+        .unwrap();
         let (v, ev) = read_event(&p, Action::Sync).unwrap();
         assert_eq!(v["action"], "sync");
         assert_eq!(ev.action, Action::Sync);
-        std::fs::write(&p, r#"{"connection":"jamf-prod","source":"jamf","secret_id":"s","objecttype":"Hardware"}"#).unwrap();
+        std::fs::write(
+            &p,
+            r#"{"connection":"jamf-prod","source":"jamf","secret_id":"s","objecttype":"Hardware"}"#,
+        )
+        .unwrap();
         let e = read_event(&p, Action::Sync).unwrap_err().to_string();
         assert!(e.contains("objecttype"), "{e}");
         std::fs::write(&p, "[]").unwrap();
-        assert!(read_event(&p, Action::Sync).unwrap_err().to_string().contains("JSON object"));
+        assert!(read_event(&p, Action::Sync)
+            .unwrap_err()
+            .to_string()
+            .contains("JSON object"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -367,17 +515,38 @@ mod tests {
         let exit = e.downcast_ref::<Exit>().unwrap();
         assert_eq!(exit.code, ALREADY_RUNNING);
         assert!(exit.message.as_deref().unwrap().contains("r0"));
-        assert_eq!(started_run(&json!({"run_id": "r1", "status": "running"})).unwrap(), "r1");
+        assert_eq!(
+            started_run(&json!({"run_id": "r1", "status": "running"})).unwrap(),
+            "r1"
+        );
     }
 
     #[test]
     fn test_and_sample_text() {
-        let ev = ConnectionEvent::parse(json!({"connection": "jamf-prod", "source": "jamf", "secret_id": "s"})).unwrap();
-        let t = test_text(&ev, &json!({"ok": false, "error": "Jamf rejected the credentials: invalid_client"}));
-        assert!(t.contains("test failed") && t.contains("invalid_client"), "{t}");
-        let t = test_text(&ev, &json!({"ok": true, "message": "Jamf Pro 11", "sample": {"key": "C02", "attrs": {"Name": "Mac"}}}));
+        let ev = ConnectionEvent::parse(
+            json!({"connection": "jamf-prod", "source": "jamf", "secret_id": "s"}),
+        )
+        .unwrap();
+        let t = test_text(
+            &ev,
+            &json!({"ok": false, "error": "Jamf rejected the credentials: invalid_client"}),
+        );
+        assert!(
+            t.contains("test failed") && t.contains("invalid_client"),
+            "{t}"
+        );
+        let t = test_text(
+            &ev,
+            &json!({"ok": true, "message": "Jamf Pro 11", "sample": {"key": "C02", "attrs": {"Name": "Mac"}}}),
+        );
         assert!(t.contains("ok:") && t.contains("Name = Mac"), "{t}");
-        let t = sample_text(&ev, &json!({"raw": [{}, {}], "mapped": [{"key": "C02", "attrs": {}}], "skipped": [{"key": "7", "reason": "no serial"}], "vendor_total": 9}));
-        assert!(t.contains("2 raw records") && t.contains("9 in all") && t.contains("7: no serial"), "{t}");
+        let t = sample_text(
+            &ev,
+            &json!({"raw": [{}, {}], "mapped": [{"key": "C02", "attrs": {}}], "skipped": [{"key": "7", "reason": "no serial"}], "vendor_total": 9}),
+        );
+        assert!(
+            t.contains("2 raw records") && t.contains("9 in all") && t.contains("7: no serial"),
+            "{t}"
+        );
     }
 }

@@ -50,7 +50,7 @@ impl Importer {
                 let ok = self.handle_message(&m).await;
                 (id, ok)
             })
-            .buffer_unordered(4)
+            .buffer_unordered(self.settings.importer_concurrency.max(1))
             .collect()
             .await;
         let mut resp = SqsBatchResponse::default();

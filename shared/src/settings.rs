@@ -21,6 +21,10 @@ pub struct Settings {
     pub lease_seconds: i64,
     /// The fetcher hands over to the fetch queue when less than this remains.
     pub time_reserve: Duration,
+    /// Pages of one SQS batch the importer imports at once. The local stack sets 1: moto's
+    /// TransactWriteItems snapshots and restores whole tables when a condition fails, which undoes
+    /// concurrent writes (real DynamoDB transactions are isolated).
+    pub importer_concurrency: usize,
 }
 
 impl Settings {
@@ -47,6 +51,10 @@ impl Settings {
                 "intune,endpoint-central,jamf,kandji,jumpcloud",
             )),
             lease_seconds: var_or("LEASE_SECONDS", "900").parse().unwrap_or(900),
+            importer_concurrency: var_or("IMPORTER_CONCURRENCY", "4")
+                .parse()
+                .unwrap_or(4)
+                .max(1),
             time_reserve: Duration::from_millis(
                 var_or("FETCH_TIME_RESERVE_MS", "60000")
                     .parse()

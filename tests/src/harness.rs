@@ -217,6 +217,8 @@ impl Harness {
         let env: HashMap<String, String> = stack.function_env("importer").into_iter().collect();
         let mut settings = Settings::from_lookup(|k| env.get(k).cloned())
             .context("the importer's environment from the template")?;
+        // moto's transactions are not isolated (see Settings::importer_concurrency).
+        settings.importer_concurrency = 1;
         adjust(&mut settings);
         let counter = DynamoCounter::default();
         let ddb_conf = aws_sdk_dynamodb::config::Builder::from(&sdk)

@@ -36,7 +36,7 @@ async fn check_exact(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_handlers_leave_exact_runs() -> anyhow::Result<()> {
-    let h = Harness::start_with(|s| s.lease_seconds = 2).await?;
+    let h = Harness::start_with(|s| s.lease_seconds = 8).await?;
     let mut seed = 100;
     for point in ["fetcher.after_send", "fetcher.after_checkpoint"] {
         seed += 1;
@@ -62,7 +62,7 @@ async fn killed_handlers_leave_exact_runs() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         assert_eq!(busy["started"], json!(false), "{busy}");
         // The holder is dead: once the lease expires, the next invocation resumes the same run.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(9)).await;
         let s = h.sync(&ev).await?;
         println!("{point}: {}", serde_json::to_string(&s)?);
         assert_eq!(
