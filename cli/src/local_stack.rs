@@ -1,8 +1,10 @@
 //! `local up|down`: moto on loopback with infra/template.yaml deployed into it.
 //!
-//! `local up` starts `.venv/bin/moto_server` detached (its own process group, so it outlives the
-//! command and a Ctrl-C of it), records it in `moto.json` (pid, port, endpoint) and `moto.pid`
-//! next to the stack file (default `.local/`), and reuses it on the next `local up` while it is alive. `local down` stops it.
+//! `local up` starts moto detached (its own process group, so it outlives the command and a
+//! Ctrl-C of it) through `moto_server.py` (moto_server with isolated DynamoDB transactions, written
+//! next to the stack file), records it in `moto.json` (pid, port, endpoint) and `moto.pid` there
+//! (default `.local/`), and reuses it on the next `local up` while it is alive. `local down` stops
+//! it.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -20,6 +22,8 @@ use crate::target::{self, repo_root};
 use crate::{Global, LocalCmd};
 
 const MOTO_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// moto_server with DynamoDB transactions that neither copy nor restore whole tables.
+const MOTO_SERVER_PY: &str = include_str!("moto_server.py");
 
 /// What `.local/moto.json` records.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -216,7 +220,12 @@ fn start_moto(venv: &Path, dir: &Path) -> anyhow::Result<MotoRecord> {
     let log_path = dir.join("moto.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
-    let mut child = Command::new(venv.join("moto_server"))
+    // moto_server with isolated, table-size-independent DynamoDB transactions (see moto_server.py).
+    let script = dir.join("moto_server.py");
+    std::fs::write(&script, MOTO_SERVER_PY)
+        .with_context(|| format!("writing {}", script.display()))?;
+    let mut child = Command::new(venv.join("python"))
+        .arg(&script)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -224,7 +233,7 @@ fn start_moto(venv: &Path, dir: &Path) -> anyhow::Result<MotoRecord> {
         // Its own process group: it outlives this command and a Ctrl-C sent to it.
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting {}", venv.join("moto_server").display()))?;
+        .with_context(|| format!("starting moto with {}", venv.join("python").display()))?;
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {

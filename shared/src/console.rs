@@ -483,6 +483,7 @@ async fn redrive_loop(
     report: &mut RedriveReport,
     held: &mut Vec<String>,
 ) -> Result<(), ConsoleError> {
+    let mut seen = HashSet::new();
     loop {
         let out = sqs
             .receive_message()
@@ -497,10 +498,18 @@ async fn redrive_loop(
         if msgs.is_empty() {
             return Ok(());
         }
+        let mut second_lap = false;
         for m in msgs {
             let Some(handle) = m.receipt_handle.clone() else {
                 continue;
             };
+            // A held message visible again (a long redrive outlived its 60 s): every message has
+            // been seen once; stop after this batch instead of going round again.
+            if !seen.insert(m.message_id.clone().unwrap_or_default()) {
+                second_lap = true;
+                held.push(handle);
+                continue;
+            }
             let body = m.body.clone().unwrap_or_default();
             let page: PageMessage = match serde_json::from_str(&body) {
                 Ok(p) => p,
@@ -545,6 +554,9 @@ async fn redrive_loop(
                 .send()
                 .await
                 .map_err(|e| sqs_err("DeleteMessage", e))?;
+        }
+        if second_lap {
+            return Ok(());
         }
         // Moto and SQS may hand out fewer than 10 at a time; keep going until empty.
         tokio::time::sleep(Duration::from_millis(10)).await;

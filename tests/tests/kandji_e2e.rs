@@ -200,7 +200,11 @@ async fn faults_and_a_revoked_token() -> anyhow::Result<()> {
     assert_eq!(f.counts.missing, 0);
     // The fetcher re-reads the secret once after a 401 (a rotated token would be picked up) and
     // retries the page once with it; the token is still revoked, so exactly two 401s.
-    assert_eq!(sim.counts().unauthorized - before, 2, "one retry after re-reading the secret, no more");
+    assert_eq!(
+        sim.counts().unauthorized - before,
+        2,
+        "one retry after re-reading the secret, no more"
+    );
 
     // An operator stores a new token; the next run (a fresh container) completes without duplicates.
     sim.rotate_token();
