@@ -16,16 +16,20 @@ import copy
 import sys
 import threading
 
-from moto.dynamodb.comparisons import get_filter_expression
-from moto.dynamodb.exceptions import (
-    ConditionalCheckFailed,
-    MockValidationException,
-    MultipleTransactionsException,
-    TooManyTransactionsException,
-    TransactionCanceledException,
-    TransactWriteSingleOpException,
-)
-from moto.dynamodb.models import DynamoDBBackend
+try:
+    from moto.dynamodb.comparisons import get_filter_expression
+    from moto.dynamodb.exceptions import (
+        ConditionalCheckFailed,
+        MockValidationException,
+        MultipleTransactionsException,
+        TooManyTransactionsException,
+        TransactionCanceledException,
+        TransactWriteSingleOpException,
+    )
+    from moto.dynamodb.models import DynamoDBBackend
+except ImportError as exc:  # another moto: serve it as it is
+    print(f"moto_server.py: not patching DynamoDB transactions ({exc})", file=sys.stderr)
+    DynamoDBBackend = None
 
 _TRANSACTIONS = threading.Lock()
 _OPS = {"ConditionCheck", "Put", "Delete", "Update"}
@@ -113,7 +117,8 @@ def transact_write_items(self, transact_items):
             raise
 
 
-DynamoDBBackend.transact_write_items = transact_write_items
+if DynamoDBBackend is not None:
+    DynamoDBBackend.transact_write_items = transact_write_items
 
 if __name__ == "__main__":
     from moto.server import main

@@ -55,12 +55,12 @@ impl Progress {
     pub fn new(label: &str) -> Self {
         let tty = std::io::stderr().is_terminal();
         let bar = if tty {
-            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+            ProgressBar::with_draw_target(Some(1), ProgressDrawTarget::stderr())
         } else {
             ProgressBar::hidden()
         };
         if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} {prefix} [{elapsed_precise}] [{bar:25}] {pos}/{len} pages imported · {msg}",
+            "{spinner} {prefix} [{elapsed_precise}] [{bar:25}] {pos}/{len} pages imported · {wide_msg}",
         ) {
             bar.set_style(style.progress_chars("=> "));
         }
@@ -86,10 +86,14 @@ impl Progress {
         } else {
             "fetching"
         };
-        let msg = format!(
+        let mut msg = format!(
             "{fetching} {} pages, {}{total} records · created {} updated {} unchanged {} skipped {} errors {}",
             run.pages_fetched, run.records_fetched, c.created, c.updated, c.unchanged, c.skipped, c.errors
         );
+        // A retry in progress ("fetch failed (...); retrying from the last checkpoint") says so.
+        if let Some(m) = run.message.as_deref().filter(|m| !m.is_empty()) {
+            msg.push_str(&format!(" · {}", assetsync::console::one_line(m)));
+        }
         self.bar.set_length(run.pages_fetched.max(1));
         self.bar.set_position(run.pages_imported + run.pages_dead);
         if !self.tty && self.last_line.elapsed() >= Duration::from_secs(15) {
