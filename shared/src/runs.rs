@@ -178,9 +178,7 @@ impl Runs {
     pub async fn summary(&self, run: &RunItem) -> Result<RunSummary, AwsError> {
         let mut errors = Vec::new();
         if run.counts.errors > 0 || run.pages_dead > 0 || run.counts.skipped > 0 {
-            for m in self.markers(&run.run_id).await? {
-                errors.extend(m.1.errors);
-            }
+            errors = collect_errors(&self.markers(&run.run_id).await?);
         }
         Ok(run.to_summary(errors))
     }
@@ -826,15 +824,4 @@ pub fn member_item(connection: &str, object_type: &str, key: &str) -> Result<Ite
 /// Errors of a run, gathered for the summary.
 pub fn collect_errors(markers: &[(String, PageMarker)]) -> Vec<RecordError> {
     markers.iter().flat_map(|(_, m)| m.errors.clone()).collect()
-}
-
-/// Sum of counts over markers (for checks in tests and tools).
-pub fn sum_counts(markers: &[(String, PageMarker)]) -> Counts {
-    let mut c = Counts::default();
-    for (_, m) in markers {
-        if m.status != "planned" {
-            c.add(&m.counts);
-        }
-    }
-    c
 }

@@ -27,17 +27,6 @@ impl Counts {
         self.duplicate += o.duplicate;
         self.errors += o.errors;
     }
-
-    /// Records accounted for (everything but `missing`).
-    pub fn records(&self) -> u64 {
-        self.created
-            + self.updated
-            + self.unchanged
-            + self.skipped
-            + self.not_found
-            + self.duplicate
-            + self.errors
-    }
 }
 
 /// One record's (or page's) failure, by key.
