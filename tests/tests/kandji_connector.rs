@@ -533,6 +533,14 @@ async fn prism_apps_offset_envelope() {
     check_prism(PrismMode::Offset).await;
 }
 
+/// Kandji's published Prism body carries both styles (`offset: null`, `total: 165`, `cursor: null`
+/// with more rows to come): `"cursor": null` is not the end while `total` says there is more.
+#[tokio::test]
+async fn prism_apps_published_two_style_body_pages_to_the_end() {
+    init();
+    check_prism(PrismMode::Published).await;
+}
+
 #[tokio::test]
 async fn per_device_apps_cost_one_request_per_device() {
     init();

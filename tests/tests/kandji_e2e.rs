@@ -229,3 +229,46 @@ async fn faults_and_a_revoked_token() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Prism answers in Kandji's published two-style body (`"cursor": null` with `total` larger than
+/// the page): the software inventory is paged to its end; and when fewer rows arrive than Kandji's
+/// `total`, the run says so and marks nothing missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prism_two_style_body_pages_to_the_end_and_a_short_total_marks_nothing_missing(
+) -> anyhow::Result<()> {
+    let (h, sim) = setup(60, 10).await?;
+    let mut e = ev("Software");
+    // Small pages, so the listing takes several pages of the two-style body.
+    e["mapping"] = Value::String(format!(
+        "{}config:page_size=25\n",
+        assetsync::connectors::default_mapping(
+            assetsync::event::SourceKind::Kandji,
+            assetsync::event::ObjectType::Software,
+            None
+        )?
+    ));
+    let a = h.sync(&e).await?;
+    assert_eq!(a.status.as_str(), "succeeded", "{a:?}");
+    assert!(a.pages.fetched > 2, "{a:?}");
+    assert_eq!(a.records_fetched as usize, sim.app_count(), "{a:?}");
+    assert_eq!(a.vendor_total, Some(sim.app_count() as u64), "{a:?}");
+    assert_eq!(
+        (a.counts.created + a.counts.duplicate) as usize,
+        sim.keyed_app_count(),
+        "{a:?}"
+    );
+
+    // A device leaves, but Kandji's total still counts more rows than any page delivers.
+    sim.remove_device(0);
+    sim.set_prism_total_extra(7);
+    let b = h.sync(&e).await?;
+    println!("short sync: {}", serde_json::to_string(&b)?);
+    assert_eq!(b.counts.missing, 0, "{b:?}");
+    assert_ne!(b.vendor_total, Some(b.records_fetched), "{b:?}");
+    let msg = b.message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("reported") && msg.contains("no record was marked missing"),
+        "{b:?}"
+    );
+    Ok(())
+}

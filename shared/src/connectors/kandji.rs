@@ -39,11 +39,13 @@
 //!   `config:details_ttl_hours` (default 24; `0` disables the cache), so an hourly sync of 3,000
 //!   devices costs about 3,000 detail calls a day instead of 3,000 an hour.
 //! - `apps` (default for Software): the fleet-wide Prism export `GET /api/v1/prism/apps?limit=300`,
-//!   one row per device × app. Both envelopes are handled: the older `{offset, limit, total, data}`
-//!   (offset paging, ends when `offset + len >= total`, or on an empty or short page) and the newer
-//!   `{data, cursor}` (the official 2026 example: repeat with `cursor=` until `data` is empty or
-//!   `cursor` is missing/empty). The first answer decides: an answer with a `cursor` key is cursor
-//!   paging. `config:apps_source=per-device` instead pages the devices (`config:page_size` of them,
+//!   one row per device × app. The published body carries both paging styles at once
+//!   (`{offset, limit, total, data, cursor}`), so each answer decides: a non-empty `cursor` is
+//!   followed (the first call sends `cursor=` empty, as Kandji's example does), otherwise `offset`
+//!   pages on while `total` says rows remain (`"cursor": null` then is not the end), and without
+//!   `total` an empty or short page, or a `cursor` key left empty, ends the listing. Every page
+//!   reports `total`, so a run that fetched fewer rows than Kandji counted marks nothing missing
+//!   and says so. `config:apps_source=per-device` instead pages the devices (`config:page_size` of them,
 //!   default 100) and calls `GET /api/v1/devices/{id}/apps` for each: one request per device, so
 //!   only for tenants whose token may not read Prism.
 //!   Each record gains `assetsync_device_serial` (normalised), `assetsync_device_id` and
@@ -438,42 +440,61 @@ fn devices_next(offset: u64, limit: u32, got: usize) -> Option<Cursor> {
     (got > 0 && got as u64 >= limit as u64).then(|| Cursor(json!({"offset": offset + got as u64})))
 }
 
-/// The next cursor and total of a Prism answer, whichever envelope it uses.
+/// The next cursor and total of a Prism answer, whichever paging style it answers in.
+///
+/// Kandji's API reference publishes one body carrying both styles, `{"offset": null, "limit": 25,
+/// "total": 165, "data": [...], "cursor": null}` (MScottBlake/kandji-openapi
+/// `PrismApplications200Response`: `offset`, `limit`, `total`, `data`, `cursor`), while its 2026
+/// cursor example (kandji-inc/support `prism_pagination_with_limit_and_cursor_example.py`) repeats
+/// with the returned `cursor` until `data` is empty or `cursor` is empty. So: a non-empty `cursor`
+/// is followed; otherwise a `total` larger than the rows seen so far pages on by `offset` (a
+/// `"cursor": null` is then not the end); with neither, a body that has the `cursor` key has ended,
+/// and an offset-only body ends on an empty or short page. `seen` is the rows before this page.
 fn prism_next(
     resp: &Value,
-    offset: Option<u64>,
+    seen: u64,
     limit: u32,
 ) -> Result<(Option<Cursor>, Option<u64>), ConnectorError> {
     let got = resp
         .get("data")
         .and_then(Value::as_array)
         .map(Vec::len)
-        .unwrap_or(0);
-    if let Some(c) = resp.get("cursor") {
-        // Newer envelope: `data` + opaque `cursor`; ends on empty data or a missing/empty cursor.
-        let next = match c {
-            Value::String(s) if !s.trim().is_empty() && got > 0 => {
-                Some(Cursor(json!({"cursor": s})))
-            }
-            Value::String(_) | Value::Null => None,
-            other => {
-                return Err(ConnectorError::Malformed {
-                    vendor: VENDOR,
-                    path: "/api/v1/prism/apps".into(),
-                    detail: format!("`cursor` is not a string: {other}"),
-                })
-            }
-        };
-        return Ok((next, None));
-    }
-    // Older envelope: `offset`, `limit`, `total`, `data`.
-    let offset = offset
-        .or_else(|| resp.get("offset").and_then(value_u64))
-        .unwrap_or(0);
+        .unwrap_or(0) as u64;
     let total = resp.get("total").and_then(value_u64);
-    let seen = offset + got as u64;
-    let done = got == 0 || (got as u64) < limit as u64 || total.is_some_and(|t| seen >= t);
-    Ok(((!done).then(|| Cursor(json!({"offset": seen}))), total))
+    let seen = seen + got;
+    let cursor = match resp.get("cursor") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.trim()).filter(|s| !s.is_empty()),
+        Some(other) => {
+            return Err(ConnectorError::Malformed {
+                vendor: VENDOR,
+                path: "/api/v1/prism/apps".into(),
+                detail: format!("`cursor` is not a string: {other}"),
+            })
+        }
+    };
+    let next = if got == 0 {
+        None
+    } else if let Some(c) = cursor {
+        Some(Cursor(json!({"cursor": c, "seen": seen})))
+    } else if let Some(t) = total {
+        (seen < t).then(|| Cursor(json!({"offset": seen})))
+    } else if resp.get("cursor").is_some() || got < limit as u64 {
+        None
+    } else {
+        Some(Cursor(json!({"offset": seen})))
+    };
+    if next.is_none() {
+        if let Some(t) = total.filter(|t| *t != seen) {
+            tracing::warn!(
+                vendor = VENDOR,
+                total = t,
+                fetched = seen,
+                "Prism reported {t} application rows but the listing ended after {seen}: the software inventory is incomplete, so no record will be marked missing"
+            );
+        }
+    }
+    Ok((next, total))
 }
 
 fn value_u64(v: &Value) -> Option<u64> {
@@ -712,7 +733,8 @@ impl Kandji {
     fn prism_url(&self, cursor: Option<&Cursor>, limit: u32) -> Result<Url, ConnectorError> {
         let mut q = vec![("limit", limit.to_string())];
         match cursor {
-            None => {}
+            // Kandji's cursor example sends `cursor=` (empty) on the first call.
+            None => q.push(("cursor", String::new())),
             Some(c) => match (
                 c.0.get("cursor").and_then(Value::as_str),
                 c.0.get("offset").and_then(Value::as_u64),
@@ -932,10 +954,12 @@ impl Kandji {
                 ),
             });
         };
-        let offset = cursor
-            .and_then(|c| c.0.get("offset"))
-            .and_then(Value::as_u64);
-        let (next, total) = prism_next(&resp, offset, self.page_size)?;
+        // Rows before this page: carried in the cursor (an offset is the same number).
+        let seen = cursor
+            .and_then(|c| c.0.get("offset").or_else(|| c.0.get("seen")))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let (next, total) = prism_next(&resp, seen, self.page_size)?;
         let mut records = data.clone();
         records.iter_mut().for_each(|r| enrich_app(r, None));
         Ok(Page {
@@ -1220,7 +1244,7 @@ mod tests {
         let k = Kandji::build(&s, ctx(ObjectType::Software, &[])).unwrap();
         assert_eq!(
             k.prism_url(None, 300).unwrap().as_str(),
-            "http://127.0.0.1:9999/api/v1/prism/apps?limit=300"
+            "http://127.0.0.1:9999/api/v1/prism/apps?limit=300&cursor="
         );
         let c = Cursor(json!({"cursor": "abc+/="}));
         assert_eq!(
@@ -1434,31 +1458,56 @@ mod tests {
     fn prism_both_envelopes() {
         // Older: offset/limit/total/data.
         let resp = json!({"offset": 0, "limit": 300, "total": 650, "data": vec![json!({}); 300]});
-        let (next, total) = prism_next(&resp, None, 300).unwrap();
+        let (next, total) = prism_next(&resp, 0, 300).unwrap();
         assert_eq!(next, Some(Cursor(json!({"offset": 300}))));
         assert_eq!(total, Some(650));
         let resp = json!({"offset": 600, "limit": 300, "total": 650, "data": vec![json!({}); 50]});
-        assert_eq!(prism_next(&resp, Some(600), 300).unwrap().0, None);
+        assert_eq!(prism_next(&resp, 600, 300).unwrap().0, None);
         let resp = json!({"offset": 300, "limit": 300, "total": 600, "data": vec![json!({}); 300]});
         assert_eq!(
-            prism_next(&resp, Some(300), 300).unwrap().0,
+            prism_next(&resp, 300, 300).unwrap().0,
             None,
             "total reached"
         );
+        let resp = json!({"offset": 0, "limit": 300, "data": vec![json!({}); 299]});
+        assert_eq!(prism_next(&resp, 0, 300).unwrap().0, None, "short page");
         // Newer: data + cursor.
         let resp = json!({"data": vec![json!({}); 300], "cursor": "eyJwIjoxfQ=="});
         assert_eq!(
-            prism_next(&resp, None, 300).unwrap(),
-            (Some(Cursor(json!({"cursor": "eyJwIjoxfQ=="}))), None)
+            prism_next(&resp, 0, 300).unwrap(),
+            (
+                Some(Cursor(json!({"cursor": "eyJwIjoxfQ==", "seen": 300}))),
+                None
+            )
         );
         for last in [
             json!({"data": [{}], "cursor": null}),
             json!({"data": [{}], "cursor": ""}),
             json!({"data": [], "cursor": "x"}),
         ] {
-            assert_eq!(prism_next(&last, None, 300).unwrap().0, None, "{last}");
+            assert_eq!(prism_next(&last, 0, 300).unwrap().0, None, "{last}");
         }
-        assert!(prism_next(&json!({"data": [{}], "cursor": 5}), None, 300).is_err());
+        assert!(prism_next(&json!({"data": [{}], "cursor": 5}), 0, 300).is_err());
+        // The published two-style body: `cursor: null` with more rows by `total` is not the end.
+        let resp = json!({"offset": null, "limit": 25, "total": 165, "data": vec![json!({}); 25], "cursor": null});
+        assert_eq!(
+            prism_next(&resp, 0, 25).unwrap(),
+            (Some(Cursor(json!({"offset": 25}))), Some(165))
+        );
+        let resp = json!({"offset": 150, "limit": 25, "total": 165, "data": vec![json!({}); 15], "cursor": null});
+        assert_eq!(prism_next(&resp, 150, 25).unwrap(), (None, Some(165)));
+        // The first call sends `cursor=` empty; later calls the cursor or the offset.
+        let k = Kandji::build(&secret("us"), ctx(ObjectType::Software, &[])).unwrap();
+        assert_eq!(
+            k.prism_url(None, 300).unwrap().query(),
+            Some("limit=300&cursor=")
+        );
+        assert_eq!(
+            k.prism_url(Some(&Cursor(json!({"offset": 25}))), 25)
+                .unwrap()
+                .query(),
+            Some("limit=25&offset=25")
+        );
     }
 
     #[test]

@@ -9,9 +9,15 @@
 //!   `offset`, `ordering=<f>[,<f>]` with `-` for descending over the documented fields (unknown
 //!   fields are ignored, as DRF's ordering filter does), and the main documented filters.
 //! - `GET /api/v1/devices/{id}/details` and `/apps`; an unknown id is a 404 with an HTML body.
-//! - `GET /api/v1/prism/apps`: one row per device × app, `limit` ≤ 300, in either envelope:
-//!   [`PrismMode::Cursor`] `{"data", "cursor"}` (the 2026 official example) or
-//!   [`PrismMode::Offset`] `{"offset", "limit", "total", "data"}` (older docs).
+//! - `GET /api/v1/prism/apps`: one row per device × app, `limit` ≤ 300, in one of three envelopes:
+//!   [`PrismMode::Published`] (the default) is the body Kandji's API reference publishes for
+//!   "Prism: Applications", both paging styles at once: `{"offset": <as sent, else null>, "limit",
+//!   "total", "data", "cursor": null}` (MScottBlake/kandji-openapi `PrismApplications200Response`:
+//!   `offset`, `limit`, `total`, `data`, `cursor`), paged by `offset`, while a non-empty `cursor`
+//!   (which only a cursor-style answer hands out) pages by cursor; [`PrismMode::Cursor`]
+//!   `{"data", "cursor"}` (kandji-inc/support `prism_pagination_with_limit_and_cursor_example.py`,
+//!   whose first call sends `cursor=` empty) or [`PrismMode::Offset`]
+//!   `{"offset", "limit", "total", "data"}` (older docs).
 //! - `GET /api/v1/users`: DRF cursor paging, 300 a page, `{"next", "previous", "results"}`; `next` is
 //!   an absolute URL on the documented non-API host `<sub>.kandji.io` (`<sub>.eu.kandji.io` in EU),
 //!   which does not resolve here: a client that follows the host instead of taking the cursor fails.
@@ -46,6 +52,8 @@ use super::{bearer, fault_response, fleet, serve, Control, SimHandle};
 /// Which Prism envelope `/prism/apps` answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrismMode {
+    /// The published body: `offset`, `limit`, `total`, `data` and `"cursor": null` together.
+    Published,
     /// `{"data": [...], "cursor": "..."|null}`.
     Cursor,
     /// `{"offset", "limit", "total", "data"}`.
@@ -81,6 +89,9 @@ pub struct KandjiSimConfig {
     pub prism_mode: PrismMode,
     /// Apps per Apple device are 1..=this (capped by the catalogue; Windows and Android have none in Prism).
     pub max_apps_per_device: usize,
+    /// Added to Prism's `total` (rows the export counts but no page delivers, as when rows vanish
+    /// between pages), so a client's check of its count against `total` can be exercised.
+    pub prism_total_extra: usize,
 }
 
 impl Default for KandjiSimConfig {
@@ -95,8 +106,9 @@ impl Default for KandjiSimConfig {
             hourly_limit: 10_000,
             rate_window: Duration::from_secs(3600),
             rate_retry_after: None,
-            prism_mode: PrismMode::Cursor,
+            prism_mode: PrismMode::Published,
             max_apps_per_device: 8,
+            prism_total_extra: 0,
         }
     }
 }
@@ -891,14 +903,24 @@ async fn prism_apps(
         }
     }
     let limit = parse_limit(&q);
-    let total = rows.len();
+    let total = rows.len() + f.cfg.prism_total_extra;
+    let cursor_sent = q.get("cursor").is_some_and(|c| !c.is_empty());
     let body = match f.cfg.prism_mode {
+        PrismMode::Published if !cursor_sent => {
+            let offset = q.get("offset").map(|_| parse_offset(&q));
+            let data: Vec<Value> = rows
+                .into_iter()
+                .skip(offset.unwrap_or(0))
+                .take(limit)
+                .collect();
+            json!({"offset": offset, "limit": limit, "total": total, "data": data, "cursor": null})
+        }
         PrismMode::Offset => {
             let offset = parse_offset(&q);
             let data: Vec<Value> = rows.into_iter().skip(offset).take(limit).collect();
             json!({"offset": offset, "limit": limit, "total": total, "data": data})
         }
-        PrismMode::Cursor => {
+        PrismMode::Cursor | PrismMode::Published => {
             let start = match q
                 .get("cursor")
                 .map(String::as_str)
@@ -1146,6 +1168,11 @@ impl KandjiSim {
     /// Switch the Prism envelope.
     pub fn set_prism_mode(&self, mode: PrismMode) {
         self.fleet().cfg.prism_mode = mode;
+    }
+
+    /// Make Prism's `total` exceed the rows it serves by `extra`.
+    pub fn set_prism_total_extra(&self, extra: usize) {
+        self.fleet().cfg.prism_total_extra = extra;
     }
 
     pub fn device_count(&self) -> usize {
