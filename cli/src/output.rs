@@ -170,6 +170,7 @@ mod tests {
             throttled: 0,
             throttle_wait_ms: 0,
             message: None,
+            served_by: None,
         }
     }
 

@@ -286,6 +286,12 @@ impl Fetcher {
                 )
                 .await?;
             crate::failpoint::hit("fetcher.after_checkpoint")?;
+            if page.served_by.is_some() && page.served_by != run.served_by {
+                if let Some(v) = &page.served_by {
+                    self.runs.note_served_by(&run.run_id, v).await?;
+                    run.served_by = Some(v.clone());
+                }
+            }
             self.runs.heartbeat(&run).await?;
             tracing::info!(run_id = %run.run_id, page = page_no, records = raw_count, messages = chunks.len(), "page sent");
             cursor = page.next;
@@ -384,6 +390,7 @@ impl Fetcher {
             "source": event.source,
             "object_type": event.object_type,
             "vendor_total": page.total,
+            "served_by": page.served_by,
             "raw": page.records,
             "mapped": mapped,
             "skipped": skipped,

@@ -64,6 +64,9 @@ pub struct RunItem {
     /// When a finisher claimed the end of the run (Unix seconds).
     #[serde(default)]
     pub finishing_at: Option<i64>,
+    /// Which vendor API version served the run's pages (e.g. `computers-inventory v4`).
+    #[serde(default)]
+    pub served_by: Option<String>,
 }
 
 impl RunItem {
@@ -91,6 +94,7 @@ impl RunItem {
             throttled: self.throttled,
             throttle_wait_ms: self.throttle_wait_ms,
             message: self.message.clone(),
+            served_by: self.served_by.clone(),
         }
     }
 
@@ -279,6 +283,7 @@ impl Runs {
             event: serde_json::to_string(event).map_err(|e| SyncError::Other(e.to_string()))?,
             fetch_failures: 0,
             finishing_at: None,
+            served_by: None,
         };
         // The lease and the run item are written together: no run without its lease.
         let lease = to_item(
@@ -553,6 +558,22 @@ impl Runs {
                 }
             })?;
         self.release(&run.connection, &run.run_id).await
+    }
+
+    /// Record which vendor API version served the run's pages (written only when it changes).
+    pub async fn note_served_by(&self, run_id: &str, served_by: &str) -> Result<(), AwsError> {
+        self.store
+            .ddb
+            .update_item()
+            .table_name(&self.store.table)
+            .key("pk", s("RUN"))
+            .key("sk", s(run_id))
+            .update_expression("SET served_by = :v")
+            .expression_attribute_values(":v", s(served_by))
+            .send()
+            .await
+            .map_err(|e| dyn_err("UpdateItem", e))?;
+        Ok(())
     }
 
     /// Note a retryable fetch failure; returns how many there have been.

@@ -104,4 +104,7 @@ pub struct RunSummary {
     /// Extension: why the run failed, or why no record was marked missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Extension: which vendor API version served the pages (e.g. `computers-inventory v4`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
 }

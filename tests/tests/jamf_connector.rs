@@ -114,7 +114,7 @@ async fn pages_2500_computers_at_the_max_page_size_each_exactly_once() {
         1,
         "2,500 records at page-size 2000 are two pages"
     );
-    assert_eq!(cursors[0].0, json!({"page": 1, "version": "v3"}));
+    assert_eq!(cursors[0].0, json!({"page": 1, "version": "v4"}));
     // Records are in id order across pages (sort=id:asc), with every requested section.
     let nums: Vec<u64> = records
         .iter()
@@ -179,13 +179,16 @@ async fn version_fallback_finds_v1_and_keeps_it_in_the_cursor() {
     let (records, cursors, _) = drain(c.as_ref()).await.unwrap();
     assert_eq!(records.len(), 250);
     assert!(cursors.iter().all(|c| c.0["version"] == "v1"));
-    // v3 is probed once per first page (two first pages here); later pages go straight to v1.
+    // v4, v3 and v2 are probed newest first, once per first page (two first pages here); later
+    // pages go straight to v1.
+    assert_eq!(sim.control().requests_to("/api/v4/"), 2);
     assert_eq!(sim.control().requests_to("/api/v3/"), 2);
+    assert_eq!(sim.control().requests_to("/api/v2/"), 2);
     assert_eq!(
         sim.control().requests_to("/api/v1/computers-inventory"),
         1 + 3
     );
-    assert_eq!(sim.control().requests_to("/api/v2/"), 0);
+    assert_eq!(first.served_by.as_deref(), Some("computers-inventory v1"));
 
     // A newer server that dropped v1 and v3.
     let sim4 = sim_with_versions(vec!["v4"]).await;
@@ -209,12 +212,40 @@ async fn version_fallback_finds_v1_and_keeps_it_in_the_cursor() {
     assert!(e.to_string().contains("/api/v1/computers-inventory"), "{e}");
 }
 
+/// A Jamf Pro 11.30 server (v4 current, v3 and v1 deprecated but still answering): v4 serves
+/// every page, v3 is never asked, and the page says which version served it.
+#[tokio::test]
+async fn computers_inventory_tries_v4_first_and_says_which_served() {
+    let sim = sim(250, |_| {}).await;
+    let c = connector(&sim, &[("page_size", "100")]).await;
+    let first = c.fetch_page(None).await.unwrap();
+    assert_eq!(first.served_by.as_deref(), Some("computers-inventory v4"));
+    assert_eq!(
+        first.next.as_ref().unwrap().0,
+        json!({"page": 1, "version": "v4"})
+    );
+    let (records, _, _) = drain(c.as_ref()).await.unwrap();
+    assert_eq!(records.len(), 250);
+    assert_eq!(sim.control().requests_to("/api/v3/"), 0, "v3 is deprecated");
+    assert_eq!(sim.control().requests_to("/api/v1/"), 0);
+    assert_eq!(
+        sim.control().requests_to("/api/v4/computers-inventory"),
+        1 + 3
+    );
+    let t = c.test().await.unwrap();
+    assert!(
+        t.message.contains("computers-inventory (v4)"),
+        "{}",
+        t.message
+    );
+}
+
 async fn sim_with_versions(v: Vec<&'static str>) -> JamfSim {
     sim(40, |c| c.versions = v).await
 }
 
 #[tokio::test]
-async fn mobile_devices_are_listed_by_device_id() {
+async fn mobile_devices_are_paged_on_the_record_id_not_device_id() {
     let sim = sim(0, |c| c.mobile_devices = 450).await;
     let c = connector(&sim, &[("api", "mobile-devices"), ("page_size", "200")]).await;
     let (records, cursors, total) = drain(c.as_ref()).await.unwrap();
@@ -231,7 +262,10 @@ async fn mobile_devices_are_listed_by_device_id() {
         .iter()
         .map(|r| r["mobileDeviceId"].as_str().unwrap().parse().unwrap())
         .collect();
-    assert!(nums.windows(2).all(|w| w[0] < w[1]), "sort=deviceId:asc");
+    assert!(
+        nums.windows(2).all(|w| w[0] < w[1]),
+        "sort=mobileDeviceId:asc"
+    );
     assert_eq!(
         c.source_id(&records[0]),
         records[0]["mobileDeviceId"].as_str().map(str::to_string)
@@ -428,7 +462,7 @@ async fn malformed_json_fails_the_page_naming_the_path_and_the_page_can_be_retri
     sim.control().inject(Fault::MalformedJson);
     let e = c.fetch_page(first.next.as_ref()).await.unwrap_err();
     assert!(matches!(e, ConnectorError::Malformed { .. }), "{e:?}");
-    assert!(e.to_string().contains("/api/v3/computers-inventory"), "{e}");
+    assert!(e.to_string().contains("/api/v4/computers-inventory"), "{e}");
     // A page is the unit of retry: the same cursor succeeds once the vendor behaves.
     let second = c.fetch_page(first.next.as_ref()).await.unwrap();
     assert_eq!(second.records.len(), 50);
@@ -773,7 +807,7 @@ async fn sim_versions_sections_paging_and_clamp() {
         (status, body),
         (404, json!({"httpStatus": 404, "errors": []}))
     );
-    assert_eq!(get(&sim, &tok, "/api/v4/computers-inventory").await.0, 404);
+    assert_eq!(get(&sim, &tok, "/api/v4/computers-inventory").await.0, 200);
 
     // Defaults: GENERAL only (other sections are null keys), 100 a page, sorted by general.name.
     let (status, body) = get(&sim, &tok, "/api/v3/computers-inventory").await;

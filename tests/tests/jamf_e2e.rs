@@ -114,3 +114,28 @@ async fn faults_do_not_stop_a_sync() -> anyhow::Result<()> {
     let _ = json!({});
     Ok(())
 }
+
+/// Against a Jamf Pro 11.30 server (v4 current, v3 deprecated), the run reads v4 and records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_run_reads_computers_inventory_v4_and_records_it() -> anyhow::Result<()> {
+    let (h, sim, ev) = setup(60).await?;
+    let s = h.sync(&ev).await?;
+    assert_eq!(s.status.as_str(), "succeeded", "{s:?}");
+    assert_eq!(
+        s.served_by.as_deref(),
+        Some("computers-inventory v4"),
+        "{s:?}"
+    );
+    assert_eq!(sim.control().requests_to("/api/v3/"), 0);
+    let shown = h
+        .runs
+        .summary(&h.runs.get(&s.run_id).await?.expect("run"))
+        .await?;
+    assert_eq!(shown.served_by.as_deref(), Some("computers-inventory v4"));
+    // `sample` says it too.
+    let mut sample = ev.clone();
+    sample["action"] = json!("sample");
+    let out = h.invoke_fetcher(sample).await?;
+    assert_eq!(out["served_by"], "computers-inventory v4", "{out}");
+    Ok(())
+}

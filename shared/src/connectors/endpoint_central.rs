@@ -1420,6 +1420,7 @@ impl Connector for EndpointCentral {
                 records: Vec::new(),
                 next: None,
                 total,
+                ..Default::default()
             });
         }
         let last = is_last_page(pos.page, limit, rows.len(), total);
@@ -1436,6 +1437,7 @@ impl Connector for EndpointCentral {
             records,
             next,
             total,
+            ..Default::default()
         })
     }
 

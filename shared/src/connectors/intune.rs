@@ -708,6 +708,7 @@ impl Connector for Intune {
             records: self.enrich(env.value),
             next,
             total,
+            ..Default::default()
         })
     }
 

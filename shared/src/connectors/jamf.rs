@@ -21,7 +21,11 @@ const VENDOR: &str = "Jamf Pro";
 /// Jamf's documented maximum page size.
 pub const MAX_PAGE_SIZE: u32 = 2000;
 /// Versions of `computers-inventory`, newest first; the first that answers is kept for the run.
-const COMPUTER_VERSIONS: &[&str] = &["v3", "v1", "v2", "v4"];
+/// Jamf Pro 11.30.0 deprecated `/v3/computers-inventory` in favour of `/v4` (developer.jamf.com
+/// changelog "11.30.0 Deprecations"), v3 had replaced v1 (deprecated 2025-06-30, macadmins
+/// jamf-pro-sdk-python PR #79); deprecated endpoints keep answering for at least a year
+/// ("Privileges and Deprecations"), so an older server is found by falling back on 404.
+const COMPUTER_VERSIONS: &[&str] = &["v4", "v3", "v2", "v1"];
 
 const COMPUTER_MAPPING: &str = "\
 key:hardware.serialNumber=Serial Number
@@ -248,10 +252,13 @@ impl Jamf {
                 ],
                 "id:asc",
             ),
+            // Sorted on the record id: `deviceId` is a hardware field that may be null or shared,
+            // so paging on it has no defined order (the detail listing's default, `displayName`,
+            // is not unique either).
             Listing::MobileDevices => (
                 "api/v2/mobile-devices/detail".into(),
                 &["GENERAL", "HARDWARE", "USER_AND_LOCATION"],
-                "deviceId:asc",
+                "mobileDeviceId:asc",
             ),
         };
         let mut url = join(&self.base, &path);
@@ -322,10 +329,15 @@ impl Connector for Jamf {
             }
             Cursor(c)
         });
+        let served_by = match self.listing {
+            Listing::Computers => format!("computers-inventory {version}"),
+            Listing::MobileDevices => "mobile-devices/detail v2".to_string(),
+        };
         Ok(Page {
             next,
             total: env.total_count,
             records: env.results,
+            served_by: Some(served_by),
         })
     }
 

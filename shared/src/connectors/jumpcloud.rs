@@ -671,6 +671,7 @@ impl Connector for JumpCloud {
                 .map(|s| Cursor(json!({ "skip": s }))),
             total: env.total_count,
             records,
+            ..Default::default()
         })
     }
 

@@ -938,6 +938,7 @@ impl Kandji {
             records,
             next,
             total: None,
+            ..Default::default()
         })
     }
 
@@ -966,6 +967,7 @@ impl Kandji {
             records,
             next,
             total,
+            ..Default::default()
         })
     }
 
@@ -1012,6 +1014,7 @@ impl Kandji {
             records,
             next,
             total: None,
+            ..Default::default()
         })
     }
 
@@ -1046,6 +1049,7 @@ impl Kandji {
             records,
             next,
             total,
+            ..Default::default()
         })
     }
 }

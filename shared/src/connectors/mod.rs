@@ -36,6 +36,9 @@ pub struct Page {
     pub next: Option<Cursor>,
     /// The total the vendor reported for the whole listing, when it reports one.
     pub total: Option<u64>,
+    /// Which of several vendor API versions served the page, when the connector chooses among
+    /// them (Jamf's `computers-inventory`); the run records it.
+    pub served_by: Option<String>,
 }
 
 /// What `test` reports when the connection works.

@@ -16,6 +16,10 @@
 //!   recorded in gravitational/teleport's Jamf client tests).
 //! - `GET /api/{v}/computers-inventory`: only the versions in [`JamfConfig::versions`] exist; any
 //!   other answers `404 {"httpStatus":404,"errors":[]}` like a server that removed (or never had) it.
+//!   The default is a Jamf Pro 11.30 server: v4 current, v3 deprecated by 11.30.0 ("Computer
+//!   inventory /v3 is deprecated in favor of /v4", developer.jamf.com changelog) and v1 deprecated
+//!   since 2025-06-30; deprecated versions still answer (Jamf keeps them at least a year), so a
+//!   client reading v3 gets data and only the request counts show it chose the stale one.
 //!   `section` repeats (default GENERAL only); sections not requested come back as `null` keys, as on
 //!   a real server (teleport's recorded response has `"userAndLocation" : null` and friends).
 //!   v1 reports `general.lastReportedIp`; v2 and later `lastReportedIpV4`/`lastReportedIpV6`.
@@ -24,7 +28,10 @@
 //!   a page past the end is an empty `results`. `page-size` below 1 or a negative page is a 400.
 //! - `sort=field:asc|desc[,field:dir]`: computers default `general.name:asc` (not unique: ties keep
 //!   enrolment order here, a real server promises nothing), mobile detail default
-//!   `displayName:asc`, slim mobile list default `id:asc`. Id fields sort numerically, strings
+//!   `displayName:asc`, slim mobile list default `id:asc`. On mobile detail `deviceId` sorts by
+//!   `hardware.deviceId`, a hardware field that is null or shared across devices, and ties there
+//!   come in an order that changes per request: paging sorted on it repeats and loses devices,
+//!   while `mobileDeviceId` (the record id) pages cleanly. Id fields sort numerically, strings
 //!   case-insensitively (MySQL's default collation). Fields outside the allowed lists of
 //!   jamf-pro-sdk-python `api_options.py` are a 400.
 //! - `filter` is RSQL: `==` (with `*` wildcards), `!=`, `<`, `<=`, `>`, `>=` (and `=lt=` etc.),
@@ -92,7 +99,7 @@ impl Default for JamfConfig {
             computers: 100,
             mobile_devices: 0,
             seed: 42,
-            versions: vec!["v1", "v3"],
+            versions: vec!["v1", "v3", "v4"],
             token_lifetime: Duration::from_secs(300),
             max_page_size: MAX_PAGE_SIZE,
             client_id: uuid::Uuid::new_v4().to_string(),
@@ -110,7 +117,7 @@ pub struct JamfSim {
 }
 
 /// Start a simulator with `computers` computers (and a quarter as many mobile devices), seed 42,
-/// versions v1 and v3.
+/// versions v1, v3 and v4 (a Jamf Pro 11.30 server: v4 current, v1 and v3 deprecated).
 pub async fn start_default(computers: usize) -> anyhow::Result<JamfSim> {
     JamfSim::start(JamfConfig {
         computers,
@@ -848,7 +855,8 @@ fn gen_mobile(seed: u64, i: usize, id: u64) -> Value {
             "modelIdentifier": model_id,
             "modelNumber": model_no,
             "bluetoothLowEnergyCapable": true,
-            "deviceId": id.to_string(),
+            // Not the record id: absent on some devices and shared by others.
+            "deviceId": if i % 3 == 0 { Value::Null } else { json!(format!("{:X}", i % 7)) },
             "extensionAttributes": [],
         },
         "userAndLocation": user,
@@ -1141,7 +1149,9 @@ fn computer_field(name: &str) -> Option<(&'static str, bool)> {
 /// Mobile detail: flat names mapped to the nested record, per `api_options.py`.
 fn mobile_field(name: &str) -> Option<(&'static str, bool)> {
     Some(match name {
-        "deviceId" | "mobileDeviceId" => ("mobileDeviceId", true),
+        "mobileDeviceId" => ("mobileDeviceId", true),
+        // A hardware field, null or repeated across devices: not a paging key.
+        "deviceId" => ("hardware.deviceId", false),
         "displayName" => ("general.displayName", false),
         "udid" => ("general.udid", false),
         "assetTag" => ("general.assetTag", false),
@@ -1249,12 +1259,16 @@ fn parse_sort(sort: &str, fields: FieldMap) -> Result<Vec<(&'static str, bool, b
     Ok(out)
 }
 
-/// Filter, sort and slice a listing; returns (totalCount, the page's records).
+/// Filter, sort and slice a listing; returns (totalCount, the page's records). With `tie_salt`,
+/// records whose sort keys tie come in an order that changes from request to request, as a
+/// database without a unique tiebreaker gives them (paging on a non-unique field then repeats and
+/// skips records); without it ties keep enrolment order.
 fn select(
     records: &[Value],
     q: &ListQuery,
     default_sort: &str,
     fields: FieldMap,
+    tie_salt: Option<u64>,
 ) -> Result<(usize, Vec<Value>), Response> {
     let filter = match &q.filter {
         None => None,
@@ -1279,20 +1293,22 @@ fn select(
         }
     };
     let sort = parse_sort(q.sort.as_deref().unwrap_or(default_sort), fields)?;
-    let mut matched: Vec<(Vec<SortKey>, usize)> = records
+    let mut matched: Vec<(Vec<SortKey>, u64, usize)> = records
         .iter()
         .enumerate()
         .filter(|(_, r)| filter.as_ref().is_none_or(|e| e.eval(&|p| get_path(r, p))))
         .map(|(k, r)| {
+            let tie = tie_salt.map_or(k as u64, |salt| fleet::num(salt, k, 0x71E, u64::MAX));
             (
                 sort.iter()
                     .map(|(p, num, _)| sort_key(get_path(r, p), *num))
                     .collect(),
+                tie,
                 k,
             )
         })
         .collect();
-    matched.sort_by(|(a, ka), (b, kb)| {
+    matched.sort_by(|(a, ta, ka), (b, tb, kb)| {
         for (n, (_, _, desc)) in sort.iter().enumerate() {
             let o = cmp_keys(&a[n], &b[n]);
             let o = if *desc { o.reverse() } else { o };
@@ -1300,7 +1316,7 @@ fn select(
                 return o;
             }
         }
-        ka.cmp(kb)
+        ta.cmp(tb).then(ka.cmp(kb))
     });
     let total = matched.len();
     let start = q.page.saturating_mul(q.page_size);
@@ -1308,7 +1324,7 @@ fn select(
         .iter()
         .skip(start)
         .take(q.page_size)
-        .map(|(_, k)| records[*k].clone())
+        .map(|(_, _, k)| records[*k].clone())
         .collect();
     Ok((total, page))
 }
@@ -1435,7 +1451,7 @@ async fn computers(
     };
     let (total, page) = {
         let f = st.fleet();
-        match select(&f.computers, &q, "general.name:asc", computer_field) {
+        match select(&f.computers, &q, "general.name:asc", computer_field, None) {
             Ok(x) => x,
             Err(r) => return r,
         }
@@ -1475,7 +1491,9 @@ async fn mobile_detail(
     };
     let (total, page) = {
         let f = st.fleet();
-        match select(&f.mobiles, &q, "displayName:asc", mobile_field) {
+        // Ties (a null or repeated `hardware.deviceId`, equal display names) move between requests.
+        let salt = st.control.data_requests();
+        match select(&f.mobiles, &q, "displayName:asc", mobile_field, Some(salt)) {
             Ok(x) => x,
             Err(r) => return r,
         }
@@ -1531,7 +1549,7 @@ async fn mobile_list(
         f.mobiles.iter().map(|r| slim(f.seed, r)).collect()
     };
     let q = ListQuery { filter: None, ..q };
-    match select(&slims, &q, "id:asc", slim_field) {
+    match select(&slims, &q, "id:asc", slim_field, None) {
         Ok((total, results)) => {
             Json(json!({ "totalCount": total, "results": results })).into_response()
         }
