@@ -128,10 +128,14 @@ impl Fetcher {
                 detail: format!("field `{field}` still holds the template's placeholder REPLACE_ME; put the real value in Secrets Manager"),
             });
         }
-        let state: Arc<dyn StateStore> = Arc::new(DynamoState {
+        let mut state: Arc<dyn StateStore> = Arc::new(DynamoState {
             store: self.store.clone(),
             connection: event.connection.clone(),
         });
+        if event.action == Action::Sample {
+            // A sample promises to write nothing: connector caches stay in memory.
+            state = Arc::new(connectors::ReadOnlyState::new(state));
+        }
         let ctx = ConnectorContext {
             connection: event.connection.clone(),
             object_type: event.object_type,

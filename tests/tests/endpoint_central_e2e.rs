@@ -173,3 +173,94 @@ async fn a_429_a_500_and_a_token_expiry_under_the_documented_rate_limit() -> any
     );
     Ok(())
 }
+
+/// The default listing (`som/computers`) has no scan time: a rescan that changes the model or the
+/// serial in the detail summary still reaches the register on the next sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_model_or_serial_reaches_the_register_on_the_next_sync() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let sim = EndpointCentralSim::start(EcSimConfig {
+        devices: 30,
+        rate_limit: None,
+        ..Default::default()
+    })
+    .await?;
+    h.put_secret("assetsync/ec-e2e-rescan", &sim.secret())
+        .await?;
+    let ev = event(
+        "ec-e2e-rescan",
+        "endpoint-central",
+        "assetsync/ec-e2e-rescan",
+        "Hardware",
+    );
+    let s = h.sync(&ev).await?;
+    assert_eq!(s.status, Status::Succeeded, "{s:?}");
+    // Computers whose serial comes from the detail summary only (no service tag in the list).
+    let detail_only: Vec<usize> = (0..sim.device_count())
+        .filter(|i| {
+            sim.serial(*i).is_some()
+                && sim
+                    .device(*i)
+                    .fields
+                    .get("managedcomputerextn.service_tag")
+                    .is_none()
+        })
+        .collect();
+    assert!(detail_only.len() >= 2, "{detail_only:?}");
+    let (a, b) = (detail_only[0], detail_only[1]);
+    let serial_a = sim.serial(a).unwrap();
+    sim.set_model(a, "Latitude 7450 (rescanned)");
+    sim.set_detail_serial(b, "NEWSERIAL42");
+    let details = sim.detail_requests();
+    let s2 = h.sync(&ev).await?;
+    assert_eq!(s2.status, Status::Succeeded, "{s2:?}");
+    assert_eq!(sim.detail_requests(), details + 2, "only the rescanned two");
+    let rec = h.record("Hardware", &serial_a).await?.expect("record");
+    assert_eq!(
+        rec.a.get("Model").map(String::as_str),
+        Some("Latitude 7450 (rescanned)")
+    );
+    assert!(
+        h.record("Hardware", "NEWSERIAL42").await?.is_some(),
+        "the new serial is in the register"
+    );
+    Ok(())
+}
+
+/// `sample` promises to write nothing: not a register record, not a detail-cache entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sample_writes_nothing_to_dynamodb() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let sim = EndpointCentralSim::start(EcSimConfig {
+        devices: 60,
+        rate_limit: None,
+        ..Default::default()
+    })
+    .await?;
+    h.put_secret("assetsync/ec-e2e-sample", &sim.secret())
+        .await?;
+    let mut ev = event(
+        "ec-e2e-sample",
+        "endpoint-central",
+        "assetsync/ec-e2e-sample",
+        "Hardware",
+    );
+    ev["action"] = Value::String("sample".into());
+    h.ddb.reset();
+    let out = h.invoke_fetcher(ev).await?;
+    assert_eq!(out["raw"].as_array().map(Vec::len), Some(25), "{out}");
+    assert!(sim.detail_requests() > 0, "the sample read the details");
+    let c = h.ddb.get();
+    let writes: u64 = [
+        "PutItem",
+        "UpdateItem",
+        "DeleteItem",
+        "BatchWriteItem",
+        "TransactWriteItems",
+    ]
+    .iter()
+    .map(|op| c.op(op))
+    .sum();
+    assert_eq!(writes, 0, "DynamoDB requests of a sample: {:?}", c.by_op);
+    Ok(())
+}

@@ -42,10 +42,15 @@
 //! (`message_response.compdetailssummary.computer_hardware_summary`; fields seen in several
 //! third-party clients). One call per computer is expensive (the documented per-API rate limit is
 //! 120 per minute with a 5-minute lock), so:
-//! - each computer's detail is cached in the state store under its `resource_id`, together with its
-//!   `last_successful_scan` (or `last_scan_time`); it is fetched again only when that changes, so a
-//!   steady fleet costs list pages only. The cache of a whole page is read with one `get_many`;
-//!   entries expire after [`DETAIL_CACHE_DAYS`] days (computers that left the fleet).
+//! - each computer's detail is cached in the state store under its `resource_id`, together with a
+//!   change marker; it is fetched again when the marker changes, so a steady fleet costs list pages
+//!   only. `scancomputers` rows carry `last_successful_scan`, which is the marker there; the default
+//!   listing `som/computers` has no scan time (its documented rows carry `agent_last_contact_time`
+//!   and `computer_status_update_time`, and a rescan reaches the server when the agent contacts it),
+//!   so there the marker is those two. Entries also expire after `config:detail_ttl_hours`
+//!   (default [`DEFAULT_DETAIL_TTL_HOURS`]), so a change no marker shows still arrives within a day.
+//!   The cache of a whole page is read with one `get_many`. A `sample` writes no cache entry (its
+//!   state store keeps writes in memory).
 //! - calls run [`DEFAULT_DETAIL_CONCURRENCY`] at a time under a client-side limit of 110 per minute
 //!   (with governor's burst of 10 that is at most 120 in any minute). `config:detail_rate=N`
 //!   (per minute) and `config:detail_concurrency=N` change them for servers with other limits;
@@ -121,8 +126,8 @@ pub const LOGIN_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 pub const DEFAULT_DETAIL_CONCURRENCY: usize = 4;
 /// Detail calls per minute: 110 plus governor's burst of 10 stays within the documented 120.
 pub const DEFAULT_DETAIL_RATE: u32 = 110;
-/// How long a cached detail summary lives without being refreshed.
-pub const DETAIL_CACHE_DAYS: i64 = 90;
+/// How long a cached detail summary is used without being refreshed, by default.
+pub const DEFAULT_DETAIL_TTL_HOURS: u64 = 24;
 /// The field that carries the detail summary in a raw record.
 pub const DETAIL_FIELD: &str = "assetsync_detail";
 /// Waits on a throttling error body before the page fails.
@@ -289,6 +294,8 @@ pub struct EndpointCentral {
     details: bool,
     detail_concurrency: usize,
     detail_budget: usize,
+    /// How long a cached detail is used whatever its marker says.
+    detail_ttl: Duration,
     state: Arc<dyn StateStore>,
     connection: String,
     /// This instance's token; refreshes are single-flight behind the mutex.
@@ -430,16 +437,34 @@ fn resource_id(raw: &Value) -> Option<String> {
         .filter(|s| !s.trim().is_empty())
 }
 
-/// What marks a computer's inventory as changed: its last successful scan time.
+/// What marks a computer's inventory as possibly changed: its last successful scan time where the
+/// listing has one (`scancomputers`), else the agent's last contact and the status update time,
+/// the fields `som/computers` rows really carry (ManageEngine's SoM computer list documents
+/// `agent_last_contact_time` and `computer_status_update_time`; `last_successful_scan` is a
+/// `scancomputers` field), so a rescan, which reaches the server on an agent contact, is seen.
 fn scan_marker(raw: &Value) -> String {
-    [
+    let field = |k: &str| raw.get(k).and_then(crate::mapping::scalar);
+    if let Some(scan) = [
         "last_successful_scan",
         "last_scan_time",
         "inventory_last_scan_time",
     ]
     .iter()
-    .find_map(|k| raw.get(*k).and_then(crate::mapping::scalar))
-    .unwrap_or_default()
+    .find_map(|k| field(k))
+    {
+        return scan;
+    }
+    match (
+        field("agent_last_contact_time"),
+        field("computer_status_update_time"),
+    ) {
+        (None, None) => String::new(),
+        (a, b) => format!(
+            "contact:{}|status:{}",
+            a.unwrap_or_default(),
+            b.unwrap_or_default()
+        ),
+    }
 }
 
 /// A fingerprint of a page: first and last `resource_id` and the count.
@@ -749,6 +774,9 @@ impl EndpointCentral {
             (detail_rate as u64 * 4).max(1),
             1_000_000,
         )? as usize;
+        let detail_ttl = Duration::from_secs(
+            3600 * parse_count(&ctx, "detail_ttl_hours", DEFAULT_DETAIL_TTL_HOURS, 2160)?,
+        );
 
         let ca = s.ca_cert.filter(|c| !c.trim().is_empty());
         if ca
@@ -795,6 +823,7 @@ impl EndpointCentral {
             details,
             detail_concurrency,
             detail_budget,
+            detail_ttl,
             state: ctx.state.clone(),
             connection: ctx.connection.clone(),
             token: tokio::sync::Mutex::new(None),
@@ -1343,8 +1372,20 @@ impl EndpointCentral {
         for (i, rid) in ids.iter().enumerate() {
             let Some(rid) = rid else { continue };
             let marker = scan_marker(&records[i]);
+            let fresh = |c: &Value| {
+                c.get("fetched_at")
+                    .and_then(Value::as_str)
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .is_some_and(|t| {
+                        (Utc::now() - t.with_timezone(&Utc)).num_seconds()
+                            < self.detail_ttl.as_secs() as i64
+                    })
+            };
             match cache.get(&self.detail_state_key(rid)) {
-                Some(c) if c.get("scan").and_then(Value::as_str) == Some(marker.as_str()) => {
+                Some(c)
+                    if c.get("scan").and_then(Value::as_str) == Some(marker.as_str())
+                        && fresh(c) =>
+                {
                     if let Some(d) = c.get("detail").filter(|d| d.is_object()) {
                         records[i][DETAIL_FIELD] = d.clone();
                     }
@@ -1358,7 +1399,7 @@ impl EndpointCentral {
                 }
             }
         }
-        let expires = Utc::now().timestamp() + DETAIL_CACHE_DAYS * 86_400;
+        let expires = Utc::now().timestamp() + self.detail_ttl.as_secs() as i64;
         let results: Vec<Result<(usize, Option<Value>), ConnectorError>> = futures::stream::iter(needed)
             .map(|(i, rid, marker)| async move {
                 let d = self.detail(&rid).await?;

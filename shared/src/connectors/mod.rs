@@ -243,3 +243,63 @@ pub fn require(source: SourceKind, field: &str, value: &str) -> Result<(), Conne
     }
     Ok(())
 }
+
+/// A [`StateStore`] for actions that promise to write nothing (`sample`): reads see the
+/// connection's stored state (a warm detail cache still saves vendor calls), writes stay in
+/// memory for the rest of the invocation and never reach the inner store.
+pub struct ReadOnlyState {
+    inner: Arc<dyn StateStore>,
+    local: MemoryState,
+}
+
+impl ReadOnlyState {
+    /// Wrap the connection's store.
+    pub fn new(inner: Arc<dyn StateStore>) -> Self {
+        ReadOnlyState {
+            inner,
+            local: MemoryState::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl StateStore for ReadOnlyState {
+    async fn get(&self, key: &str) -> Result<Option<Value>, ConnectorError> {
+        match self.local.get(key).await? {
+            Some(v) => Ok(Some(v)),
+            None => self.inner.get(key).await,
+        }
+    }
+    async fn get_many(
+        &self,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, Value>, ConnectorError> {
+        let mut out = self.inner.get_many(keys).await?;
+        out.extend(self.local.get_many(keys).await?);
+        Ok(out)
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: &Value,
+        expires_at: Option<i64>,
+    ) -> Result<(), ConnectorError> {
+        self.local.put(key, value, expires_at).await
+    }
+    async fn put_if_version(
+        &self,
+        key: &str,
+        value: &Value,
+        expected: Option<i64>,
+    ) -> Result<bool, ConnectorError> {
+        let cur = self
+            .get(key)
+            .await?
+            .and_then(|v| v.get("version").and_then(Value::as_i64));
+        if cur != expected {
+            return Ok(false);
+        }
+        self.local.put(key, value, None).await?;
+        Ok(true)
+    }
+}

@@ -28,7 +28,10 @@
 //!
 //! The fleet: `som/computers` rows carry `managedcomputerextn.service_tag` on two computers in
 //! three (some URL-encoded with a trailing `%20`), `scancomputers` rows never do; every computer's
-//! detail summary carries `computer_hardware_summary.serial_number`. Some serials are placeholders
+//! detail summary carries `computer_hardware_summary.serial_number`. `last_successful_scan` is a
+//! `scancomputers` field only; `som/computers` rows carry `agent_last_contact_time` and
+//! `computer_status_update_time` (epoch ms), and a rescan (the agent contacting the server with new
+//! inventory) moves both. Some serials are placeholders
 //! ("To be filled by O.E.M.") or empty; several computers share an owner; names are partly unicode;
 //! `--` appears for empty values as Endpoint Central prints it.
 
@@ -334,6 +337,7 @@ fn make_device(seed: u64, i: usize, total: usize) -> EcDevice {
         json!(BASE_CLOCK_MS - 400 * 86_400_000),
     );
     f.insert("last_successful_scan".into(), json!(scan));
+    f.insert("computer_status_update_time".into(), json!(scan));
     f.insert(
         "computer_live_status".into(),
         json!(*pick(seed, i, 6, &[1, 1, 1, 2, 3])),
@@ -651,6 +655,7 @@ async fn list(
             } else {
                 f.remove("scan_status");
                 f.remove("managedcomputer.friendly_name");
+                f.remove("last_successful_scan");
             }
             Value::Object(f)
         })
@@ -834,6 +839,7 @@ impl EndpointCentralSim {
         let f = &mut g.devices[i].fields;
         f.insert("last_successful_scan".into(), json!(t));
         f.insert("agent_last_contact_time".into(), json!(t));
+        f.insert("computer_status_update_time".into(), json!(t));
     }
 
     /// A new OS version, as an inventory scan reports it (list and detail; the scan time moves).
@@ -849,6 +855,14 @@ impl EndpointCentralSim {
     pub fn set_model(&self, i: usize, v: &str) {
         self.with(|g| {
             g.devices[i].detail["computer_hardware_summary"]["device_model"] = json!(v);
+            Self::bump_scan(g, i);
+        })
+    }
+
+    /// A new serial number in the detail summary (a board swap), as a rescan reports it.
+    pub fn set_detail_serial(&self, i: usize, v: &str) {
+        self.with(|g| {
+            g.devices[i].detail["computer_hardware_summary"]["serial_number"] = json!(v);
             Self::bump_scan(g, i);
         })
     }

@@ -856,7 +856,7 @@ fn gen_mobile(seed: u64, i: usize, id: u64) -> Value {
             "modelNumber": model_no,
             "bluetoothLowEnergyCapable": true,
             // Not the record id: absent on some devices and shared by others.
-            "deviceId": if i % 3 == 0 { Value::Null } else { json!(format!("{:X}", i % 7)) },
+            "deviceId": if i % 3 == 2 { Value::Null } else { json!(format!("{:X}", i % 7)) },
             "extensionAttributes": [],
         },
         "userAndLocation": user,
