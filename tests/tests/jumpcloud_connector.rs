@@ -384,7 +384,8 @@ async fn filters_are_passed_through() {
         "{last:?}"
     );
 
-    // Two filters: repeated `filter` parameters, ANDed.
+    // Two filters: indexed `filter[0]`, `filter[1]` (ANDed, as the v1 reference documents; the
+    // simulator reads a repeated plain `filter` as one, so the old repeated form fails here).
     let both = sim
         .users()
         .iter()
@@ -792,5 +793,50 @@ async fn changes_in_the_fleet_show_up() {
     assert_eq!(
         rec.attrs.get("Manufacturer").map(String::as_str),
         raw.get("assetsync_hardware_vendor").and_then(Value::as_str)
+    );
+}
+
+/// A service account (OAuth client credentials) instead of an admin's API key: one token for the
+/// whole listing, a new one once after it expires, and wrong credentials explained.
+#[tokio::test]
+async fn a_service_account_reads_with_bearer_tokens_and_refreshes_once() {
+    init();
+    let sim = JumpCloudSim::start(JumpCloudConfig {
+        systems: 120,
+        users: 80,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let secret = sim.service_account_secret();
+    let c = connector(&secret, ObjectType::Hardware, &[("page_size", "50")])
+        .await
+        .unwrap();
+    let first = c.fetch_page(None).await.unwrap();
+    assert_eq!(first.records.len(), 50);
+    assert_eq!(sim.control().token_requests(), 1);
+    // The token stops working: one new token, then the page.
+    sim.control().expire_tokens();
+    let run = drain(c.as_ref()).await.unwrap();
+    assert_eq!(run.records.len(), 120);
+    assert_eq!(sim.control().token_requests(), 2);
+    assert!(
+        run.records
+            .iter()
+            .any(|r| r.get("assetsync_user_email").is_some()),
+        "user lookups use the token too"
+    );
+    let t = c.test().await.unwrap();
+    assert!(t.message.contains("service account"), "{}", t.message);
+
+    let mut bad = secret.clone();
+    bad["client_secret"] = json!("not-the-secret");
+    let c = connector(&bad, ObjectType::Hardware, &[]).await.unwrap();
+    let e = c.fetch_page(None).await.unwrap_err();
+    assert!(matches!(e, ConnectorError::Auth { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("client_secret") && !msg.contains("not-the-secret"),
+        "{msg}"
     );
 }

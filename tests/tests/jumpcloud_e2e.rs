@@ -176,3 +176,44 @@ async fn jumpcloud_people_then_devices_through_the_real_handlers() {
          `missing: NULL` fails the sweep's attribute_not_exists condition): {s:?}"
     );
 }
+
+/// A service account (OAuth client credentials) and two ANDed filters, end to end: exactly the
+/// people both filters select reach the register.
+#[tokio::test]
+async fn a_service_account_with_two_filters_syncs_only_the_matching_people() {
+    let mut h = Harness::start().await.expect("local stack");
+    h.runner.max_wait = std::time::Duration::from_secs(120);
+    let sim = JumpCloudSim::start(JumpCloudConfig {
+        systems: 10,
+        users: 120,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    h.put_secret("assetsync/jc-sa", &sim.service_account_secret())
+        .await
+        .unwrap();
+    let mut people = event("jc-sa-people", "jumpcloud", "assetsync/jc-sa", "Person");
+    let base =
+        connectors::default_mapping(SourceKind::Jumpcloud, ObjectType::Person, None).unwrap();
+    people["mapping"] =
+        format!("{base}config:filter=department:$eq:Finance;state:$eq:ACTIVATED\n").into();
+    let both = sim
+        .users()
+        .iter()
+        .filter(|u| u["department"] == "Finance" && u["state"] == "ACTIVATED")
+        .count();
+    let finance = sim
+        .users()
+        .iter()
+        .filter(|u| u["department"] == "Finance")
+        .count();
+    assert!(both > 0 && both < finance, "{both} of {finance}");
+    let s = h.sync(&people).await.unwrap();
+    assert_eq!(s.status, Status::Succeeded, "{s:?}");
+    assert_eq!(s.counts.created as usize, both, "{s:?}");
+    assert!(
+        sim.control().token_requests() >= 1,
+        "the service account's token was used"
+    );
+}

@@ -23,6 +23,24 @@
 //!
 //! An API key has nothing to refresh, so a 401 fails the page at once with an explanation.
 //!
+//! # Credentials and regions
+//! Two kinds, one per secret:
+//! - `api_key` (sent as `x-api-key`): the classic key, bound to one administrator.
+//! - `client_id` + `client_secret`: a service account (Settings → Service Accounts, OAuth client
+//!   credentials, not tied to a person). The token is `POST https://admin-oauth.id.jumpcloud.com/oauth2/token`
+//!   with `Authorization: Basic base64(client_id:client_secret)` and the form
+//!   `grant_type=client_credentials&scope=api`; it answers `{access_token, token_type: "bearer",
+//!   expires_in: ~3600, scope}` and calls then carry `Authorization: Bearer <token>` (JumpCloud's
+//!   service-account article, and open-source clients such as JustinGianelloni/jam `core/auth.py`).
+//!   The token is cached until shortly before it expires; a 401 fetches a new one once.
+//!
+//! `region` (`us`, default; `eu`; `in`) picks the hosts: the API at `console.jumpcloud.com`,
+//! `console.eu.jumpcloud.com` or `console.in.jumpcloud.com` (the regions the API reference lists:
+//! United States, EU, India) and the token endpoint at `admin-oauth.id.jumpcloud.com`,
+//! `admin-oauth.id.eu.jumpcloud.com` or `admin-oauth.id.in.jumpcloud.com` (the regional label goes
+//! before `jumpcloud.com`, as in clients that list the three). `base_url` and `token_url` override
+//! them (tests point both at the simulator); the client secret is sent to `token_url` only.
+//!
 //! Fields this connector adds to the raw records (all start with `assetsync_`):
 //! - systems: `assetsync_ip` (first non-internal, non-link-local IPv4 of `networkInterfaces`),
 //!   `assetsync_user_email` / `assetsync_user_name` (the `primarySystemUser.id` resolved to that
@@ -38,8 +56,13 @@
 //! `config:user_lookup=off` skips resolution; `config:insights=off` skips the model lookup.
 //!
 //! `config:filter` is passed through unchanged as the v1 `filter` parameter; several filters
-//! are separated by `;` and sent as repeated `filter` parameters (ANDed by JumpCloud), e.g.
-//! `config:filter=department:$eq:Finance;state:$eq:ACTIVATED`. A literal `;` cannot be used.
+//! are separated by `;` and sent indexed, `filter[0]=…&filter[1]=…`, which the v1 reference
+//! documents as AND ("GET /systems?filter[0]=firstname:$eq:foo&filter[1]=lastname:$eq:bar - this
+//! will AND the filters together"; a repeated plain `filter=` is not documented for v1), e.g.
+//! `config:filter=department:$eq:Finance;state:$eq:ACTIVATED`. A single filter is sent as
+//! `filter=`, as the reference's other examples are. The v2 System Insights `filter` is an array
+//! parameter (the SDKs take `String[]`); this connector sends it one filter only. A literal `;`
+//! cannot be used.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,7 +77,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use url::Url;
 
-use super::{parse_secret, require, Connector, ConnectorContext, Cursor, Page, TestReport};
+use super::{parse_secret, token, Connector, ConnectorContext, Cursor, Page, TestReport};
 use crate::error::ConnectorError;
 use crate::event::{ObjectType, SourceKind};
 use crate::http::{check_base_url, join, HttpCounts, HttpOptions, RateLimit, VendorHttp};
@@ -65,6 +88,25 @@ const VENDOR: &str = "JumpCloud";
 pub const MAX_PAGE_SIZE: u32 = 100;
 /// The vendor's console host (EU tenants use `https://console.eu.jumpcloud.com`).
 pub const DEFAULT_BASE_URL: &str = "https://console.jumpcloud.com";
+
+/// (region, API root, OAuth token endpoint) of JumpCloud's data centres.
+const REGIONS: &[(&str, &str, &str)] = &[
+    (
+        "us",
+        DEFAULT_BASE_URL,
+        "https://admin-oauth.id.jumpcloud.com/oauth2/token",
+    ),
+    (
+        "eu",
+        "https://console.eu.jumpcloud.com",
+        "https://admin-oauth.id.eu.jumpcloud.com/oauth2/token",
+    ),
+    (
+        "in",
+        "https://console.in.jumpcloud.com",
+        "https://admin-oauth.id.in.jumpcloud.com/oauth2/token",
+    ),
+];
 /// The projection used when resolving user ids (space-separated, as the v1 docs say).
 const USER_FIELDS: &str = "_id email username displayname firstname lastname";
 
@@ -116,11 +158,41 @@ pub fn default_mapping(object_type: ObjectType, api: Option<&str>) -> Option<&'s
 
 #[derive(Deserialize)]
 struct Secret {
-    api_key: SecretString,
+    #[serde(default)]
+    api_key: Option<SecretString>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    client_secret: Option<SecretString>,
+    #[serde(default)]
+    region: Option<String>,
     #[serde(default)]
     org_id: Option<String>,
     #[serde(default)]
     base_url: Option<String>,
+    #[serde(default)]
+    token_url: Option<String>,
+}
+
+/// How requests authenticate.
+enum Credentials {
+    /// `x-api-key`.
+    ApiKey(SecretString),
+    /// A service account's client credentials; bearer tokens from `token_url`.
+    ServiceAccount {
+        client_id: String,
+        client_secret: SecretString,
+        token_url: Url,
+        /// The process-wide token cache key (with a fingerprint of the secret, never logged).
+        cache_key: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: SecretString,
+    #[serde(default)]
+    expires_in: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -196,7 +268,7 @@ struct Directory {
 /// The JumpCloud connector.
 pub struct JumpCloud {
     base: Url,
-    api_key: SecretString,
+    credentials: Credentials,
     org_id: Option<String>,
     http: VendorHttp,
     listing: Listing,
@@ -226,15 +298,86 @@ impl JumpCloud {
     }
 
     fn build(secret: &Value, ctx: &ConnectorContext) -> Result<Self, ConnectorError> {
-        let expected = "`api_key` (optional `org_id`, `base_url`)";
+        let expected = "`api_key`, or a service account's `client_id` and `client_secret` (optional `region`, `org_id`, `base_url`, `token_url`)";
         let s: Secret = parse_secret(SourceKind::Jumpcloud, secret, expected)?;
-        let key = s.api_key.expose_secret().trim().to_string();
-        require(SourceKind::Jumpcloud, "api_key", &key)?;
-        if !key.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(ConnectorError::Config(
-                "the jumpcloud secret field `api_key` contains spaces or characters that cannot be sent in a header".into(),
-            ));
-        }
+        let region = s
+            .region
+            .as_deref()
+            .map(|r| r.trim().to_ascii_lowercase())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "us".into());
+        let Some(&(_, region_base, region_token)) = REGIONS.iter().find(|(r, _, _)| *r == region)
+        else {
+            return Err(ConnectorError::Config(format!(
+                "the jumpcloud secret field `region` must be us, eu or in (got {region:?})"
+            )));
+        };
+        let header_safe = |v: &str| v.chars().all(|c| c.is_ascii_graphic());
+        let client_id = s
+            .client_id
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty());
+        let client_secret = s
+            .client_secret
+            .filter(|c| !c.expose_secret().trim().is_empty());
+        let api_key = s
+            .api_key
+            .map(|k| k.expose_secret().trim().to_string())
+            .filter(|k| !k.is_empty());
+        let credentials = match (api_key, client_id, client_secret) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err(ConnectorError::Config(
+                    "the jumpcloud secret holds both `api_key` and service-account fields: keep either `api_key` or `client_id` + `client_secret`".into(),
+                ))
+            }
+            (Some(key), None, None) => {
+                if !header_safe(&key) {
+                    return Err(ConnectorError::Config(
+                        "the jumpcloud secret field `api_key` contains spaces or characters that cannot be sent in a header".into(),
+                    ));
+                }
+                Credentials::ApiKey(SecretString::from(key))
+            }
+            (None, Some(id), Some(secret)) => {
+                if !header_safe(&id) {
+                    return Err(ConnectorError::Config(
+                        "the jumpcloud secret field `client_id` contains spaces or characters that cannot be sent".into(),
+                    ));
+                }
+                let raw = s
+                    .token_url
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or(region_token);
+                let token_url = check_base_url(raw, "token_url")?;
+                let cache_key = format!(
+                    "jumpcloud|{token_url}|{id}|{:016x}",
+                    fingerprint(secret.expose_secret())
+                );
+                Credentials::ServiceAccount {
+                    client_id: id,
+                    client_secret: secret,
+                    token_url,
+                    cache_key,
+                }
+            }
+            (None, Some(_), None) => {
+                return Err(ConnectorError::Config(
+                    "the jumpcloud secret field `client_secret` is missing or empty (a service account needs `client_id` and `client_secret`)".into(),
+                ))
+            }
+            (None, None, Some(_)) => {
+                return Err(ConnectorError::Config(
+                    "the jumpcloud secret field `client_id` is missing or empty (a service account needs `client_id` and `client_secret`)".into(),
+                ))
+            }
+            (None, None, None) => {
+                return Err(ConnectorError::Config(format!(
+                    "the jumpcloud secret field `api_key` is missing or empty; give {expected}"
+                )))
+            }
+        };
         let org_id = s
             .org_id
             .map(|o| o.trim().to_string())
@@ -251,7 +394,7 @@ impl JumpCloud {
             .as_deref()
             .map(str::trim)
             .filter(|b| !b.is_empty())
-            .unwrap_or(DEFAULT_BASE_URL);
+            .unwrap_or(region_base);
         let mut base = check_base_url(raw_base, "base_url")?;
         // Users paste the console root or the `/api` root; keep the root.
         let trimmed = base
@@ -311,7 +454,7 @@ impl JumpCloud {
             http: VendorHttp::new(opts)?,
             page_size: ctx.page_size(MAX_PAGE_SIZE, MAX_PAGE_SIZE)?,
             base,
-            api_key: SecretString::from(key),
+            credentials,
             org_id,
             listing,
             filters,
@@ -329,8 +472,17 @@ impl JumpCloud {
             q.append_pair("limit", &limit.to_string());
             q.append_pair("skip", &skip.to_string());
             q.append_pair("sort", "_id");
-            for f in &self.filters {
-                q.append_pair("filter", f);
+            // v1 ANDs indexed filters (`filter[0]`, `filter[1]`); one filter is plain `filter`.
+            match self.filters.as_slice() {
+                [] => {}
+                [one] => {
+                    q.append_pair("filter", one);
+                }
+                many => {
+                    for (i, f) in many.iter().enumerate() {
+                        q.append_pair(&format!("filter[{i}]"), f);
+                    }
+                }
             }
         }
         url
@@ -364,13 +516,60 @@ impl JumpCloud {
         url
     }
 
-    /// GET with the API key. A body that is not the JSON expected (a truncated answer) is read
-    /// once more before the page fails with [`ConnectorError::Malformed`]; statuses are
-    /// retried by [`VendorHttp`], and a 401 is final (an API key has nothing to refresh).
+    /// A service account's bearer token (cached process-wide until shortly before it expires).
+    async fn token(&self) -> Result<Option<SecretString>, ConnectorError> {
+        let Credentials::ServiceAccount {
+            client_id,
+            client_secret,
+            token_url,
+            cache_key,
+        } = &self.credentials
+        else {
+            return Ok(None);
+        };
+        let tok = token::get_or_fetch(cache_key, || async {
+            let form = [("grant_type", "client_credentials"), ("scope", "api")];
+            let res = self
+                .http
+                .json::<TokenResponse>(|| {
+                    self.http
+                        .client()
+                        .post(token_url.clone())
+                        .basic_auth(client_id, Some(client_secret.expose_secret()))
+                        .header(ACCEPT, "application/json")
+                        .form(&form)
+                })
+                .await;
+            match res {
+                Ok(t) => Ok((
+                    t.access_token,
+                    Duration::from_secs(t.expires_in.unwrap_or(3600).max(10)),
+                )),
+                Err(ConnectorError::Auth { .. } | ConnectorError::Status { status: 400, .. }) => {
+                    Err(ConnectorError::Auth {
+                        vendor: VENDOR,
+                        detail: format!(
+                            "the token endpoint {token_url} refused the service account's `client_id`/`client_secret`: check the service account exists, its secret is current (secrets expire), and `region` names the tenant's data centre"
+                        ),
+                    })
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await?;
+        Ok(Some(tok))
+    }
+
+    /// GET with the credentials. A body that is not the JSON expected (a truncated answer) is
+    /// read once more before the page fails with [`ConnectorError::Malformed`]; statuses are
+    /// retried by [`VendorHttp`]. A 401 is final for an API key (it has nothing to refresh); a
+    /// service account fetches a new token once.
     async fn get<T: DeserializeOwned>(&self, url: &Url) -> Result<T, ConnectorError> {
         let mut attempt = 0;
+        let mut reauthenticated = false;
         loop {
             attempt += 1;
+            let bearer = self.token().await?;
             let res = self
                 .http
                 .json::<T>(|| {
@@ -378,8 +577,12 @@ impl JumpCloud {
                         .http
                         .client()
                         .get(url.clone())
-                        .header("x-api-key", self.api_key.expose_secret())
                         .header(ACCEPT, "application/json");
+                    rb = match (&self.credentials, &bearer) {
+                        (Credentials::ApiKey(k), _) => rb.header("x-api-key", k.expose_secret()),
+                        (_, Some(t)) => rb.bearer_auth(t.expose_secret()),
+                        (_, None) => rb,
+                    };
                     if let Some(o) = &self.org_id {
                         rb = rb.header("x-org-id", o.as_str());
                     }
@@ -391,9 +594,25 @@ impl JumpCloud {
                     tracing::warn!(vendor = VENDOR, path = url.path(), %detail, "malformed body; reading it once more");
                     self.http.stats().retries.fetch_add(1, Ordering::Relaxed);
                 }
-                other => return other.map_err(|e| explain(e, self.org_id.is_some())),
+                Err(ConnectorError::Auth { .. }) if !reauthenticated => {
+                    let Credentials::ServiceAccount { cache_key, .. } = &self.credentials else {
+                        return res.map_err(|e| self.explain(e));
+                    };
+                    // The bearer token expired or was revoked: fetch a new one, once.
+                    token::invalidate(cache_key);
+                    reauthenticated = true;
+                }
+                other => return other.map_err(|e| self.explain(e)),
             }
         }
+    }
+
+    fn explain(&self, e: ConnectorError) -> ConnectorError {
+        explain(
+            e,
+            self.org_id.is_some(),
+            matches!(self.credentials, Credentials::ServiceAccount { .. }),
+        )
     }
 
     async fn page(&self, skip: u64, limit: u32) -> Result<Envelope, ConnectorError> {
@@ -685,8 +904,12 @@ impl Connector for JumpCloud {
         };
         Ok(TestReport {
             message: format!(
-                "authenticated to {}{org} with the API key and read {}: {} records in total",
+                "authenticated to {}{org} with {} and read {}: {} records in total",
                 self.base,
+                match self.credentials {
+                    Credentials::ApiKey(_) => "the API key",
+                    Credentials::ServiceAccount { .. } => "the service account",
+                },
                 self.listing.name(),
                 env.total_count
                     .map(|t| t.to_string())
@@ -747,6 +970,14 @@ fn parse_filters(raw: Option<&str>) -> Result<Vec<String>, ConnectorError> {
     Ok(out)
 }
 
+/// A short, non-reversible fingerprint of a secret, for cache keys (never logged).
+fn fingerprint(secret: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    secret.hash(&mut h);
+    h.finish()
+}
+
 /// A JumpCloud object id (24 hex characters; accept any plain hex/alphanumeric id).
 fn is_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric())
@@ -799,8 +1030,19 @@ fn user_state(r: &Value) -> Option<String> {
 }
 
 /// Turn JumpCloud's auth and organization errors into advice.
-fn explain(e: ConnectorError, has_org: bool) -> ConnectorError {
+fn explain(e: ConnectorError, has_org: bool, service_account: bool) -> ConnectorError {
     match e {
+        ConnectorError::Auth { detail, .. } if service_account => {
+            let lower = detail.to_lowercase();
+            let advice = if lower.contains("organization") && !has_org {
+                "this service account belongs to a multi-tenant (MTP) administrator: set `org_id` in the secret to the ID of the organization to sync"
+            } else if lower.contains("token endpoint") {
+                return ConnectorError::Auth { vendor: VENDOR, detail };
+            } else {
+                "a fresh service-account token was refused too: check the service account still has access to this organization"
+            };
+            ConnectorError::Auth { vendor: VENDOR, detail: format!("{advice} ({detail})") }
+        }
         ConnectorError::Auth { detail, .. } => {
             let lower = detail.to_lowercase();
             let advice = if lower.contains("organization") && !has_org {
@@ -894,7 +1136,10 @@ mod tests {
         let e = jc(json!({"api_key": "  "}), ObjectType::Hardware, &[])
             .err()
             .unwrap();
-        assert!(e.to_string().contains("`api_key` is empty"), "{e}");
+        assert!(
+            e.to_string().contains("`api_key` is missing or empty"),
+            "{e}"
+        );
         let e = jc(json!("key"), ObjectType::Hardware, &[]).err().unwrap();
         assert!(e.to_string().contains("JSON object"), "{e}");
         let e = jc(
@@ -929,13 +1174,105 @@ mod tests {
     }
 
     #[test]
+    fn regions_and_service_accounts() {
+        for (region, host, token) in [
+            (
+                "us",
+                "console.jumpcloud.com",
+                "admin-oauth.id.jumpcloud.com",
+            ),
+            (
+                "EU",
+                "console.eu.jumpcloud.com",
+                "admin-oauth.id.eu.jumpcloud.com",
+            ),
+            (
+                "in",
+                "console.in.jumpcloud.com",
+                "admin-oauth.id.in.jumpcloud.com",
+            ),
+        ] {
+            let j = jc(
+                json!({"api_key": "k", "region": region}),
+                ObjectType::Hardware,
+                &[],
+            )
+            .unwrap();
+            assert_eq!(j.base.host_str(), Some(host), "{region}");
+            let j = jc(
+                json!({"client_id": "cid", "client_secret": "s3cr3t-value", "region": region}),
+                ObjectType::Hardware,
+                &[],
+            )
+            .unwrap();
+            assert_eq!(j.base.host_str(), Some(host), "{region}");
+            match &j.credentials {
+                Credentials::ServiceAccount {
+                    token_url,
+                    cache_key,
+                    ..
+                } => {
+                    assert_eq!(token_url.host_str(), Some(token), "{region}");
+                    assert_eq!(token_url.path(), "/oauth2/token");
+                    assert!(!cache_key.contains("s3cr3t-value"));
+                }
+                Credentials::ApiKey(_) => panic!("a service account"),
+            }
+        }
+        for (secret, want) in [
+            (json!({"api_key": "k", "region": "ap"}), "`region`"),
+            (json!({"client_id": "cid"}), "`client_secret`"),
+            (json!({"client_secret": "sekrit"}), "`client_id`"),
+            (
+                json!({"api_key": "k", "client_id": "c", "client_secret": "sekrit"}),
+                "either",
+            ),
+            (json!({"region": "us"}), "`api_key`"),
+            (
+                json!({"client_id": "c", "client_secret": "sekrit", "token_url": "http://idp.example.com/t"}),
+                "https",
+            ),
+        ] {
+            let e = jc(secret.clone(), ObjectType::Hardware, &[])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains(want), "{secret}: {e}");
+            assert!(!e.contains("sekrit"), "{e}");
+        }
+    }
+
+    #[test]
+    fn several_filters_are_indexed_one_is_plain() {
+        let j = jc(
+            json!({"api_key": "k"}),
+            ObjectType::Person,
+            &[("filter", "department:$eq:Finance;state:$eq:ACTIVATED")],
+        )
+        .unwrap();
+        let q = j.list_url(0, 100).query().unwrap_or_default().to_string();
+        assert!(
+            q.ends_with("filter%5B0%5D=department%3A%24eq%3AFinance&filter%5B1%5D=state%3A%24eq%3AACTIVATED"),
+            "{q}"
+        );
+        let j = jc(
+            json!({"api_key": "k"}),
+            ObjectType::Person,
+            &[("filter", "department:$eq:IT")],
+        )
+        .unwrap();
+        let q = j.list_url(0, 100).query().unwrap_or_default().to_string();
+        assert!(q.ends_with("&filter=department%3A%24eq%3AIT"), "{q}");
+    }
+
+    #[test]
     fn base_url_default_and_api_suffix() {
         let j = jc(json!({"api_key": "k\n"}), ObjectType::Hardware, &[]).unwrap();
         assert_eq!(
             j.list_url(0, 100).as_str(),
             "https://console.jumpcloud.com/api/systems?limit=100&skip=0&sort=_id"
         );
-        assert_eq!(j.api_key.expose_secret(), "k");
+        assert!(matches!(&j.credentials, Credentials::ApiKey(k) if k.expose_secret() == "k"));
         let j = jc(
             json!({"api_key": "k", "base_url": "https://console.eu.jumpcloud.com/api/"}),
             ObjectType::Person,
@@ -987,7 +1324,7 @@ mod tests {
     }
 
     #[test]
-    fn filters_pass_through_as_repeated_params() {
+    fn filters_pass_through_indexed() {
         let s = json!({"api_key": "k"});
         let j = jc(
             s.clone(),
@@ -1012,15 +1349,21 @@ mod tests {
             &[("filter", "department:$eq:Finance; state:$eq:ACTIVATED ;")],
         )
         .unwrap();
-        let filters: Vec<String> = j
+        let filters: Vec<(String, String)> = j
             .list_url(0, 100)
             .query_pairs()
-            .filter(|(k, _)| k == "filter")
-            .map(|(_, v)| v.into_owned())
+            .filter(|(k, _)| k.starts_with("filter"))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         assert_eq!(
             filters,
-            vec!["department:$eq:Finance", "state:$eq:ACTIVATED"]
+            vec![
+                (
+                    "filter[0]".to_string(),
+                    "department:$eq:Finance".to_string()
+                ),
+                ("filter[1]".to_string(), "state:$eq:ACTIVATED".to_string())
+            ]
         );
 
         // A value may contain ':' (times) and '|' ($in lists).
@@ -1086,10 +1429,10 @@ mod tests {
     #[test]
     fn explains_auth_errors() {
         let mtp = ConnectorError::Auth { vendor: VENDOR, detail: "HTTP 401 for /api/systems: {\"message\":\"Unauthorized: no organization selected\"}".into() };
-        let e = explain(mtp, false).to_string();
+        let e = explain(mtp, false, false).to_string();
         assert!(e.contains("multi-tenant admins must set `org_id`"), "{e}");
         let bad = ConnectorError::Auth { vendor: VENDOR, detail: "HTTP 401 for /api/systems: {\"error\":\"Unauthorized\",\"message\":\"Unauthorized: api key user not found\"}".into() };
-        let e = explain(bad, false).to_string();
+        let e = explain(bad, false, false).to_string();
         assert!(
             e.contains("`api_key` was refused") && e.contains("reset"),
             "{e}"
@@ -1100,7 +1443,9 @@ mod tests {
             path: "/api/systems".into(),
             detail: "organization not found".into(),
         };
-        assert!(explain(org, true).to_string().contains("check `org_id`"));
+        assert!(explain(org, true, false)
+            .to_string()
+            .contains("check `org_id`"));
     }
 
     #[test]

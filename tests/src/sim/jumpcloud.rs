@@ -2,12 +2,20 @@
 //! `GET /api/v2/systeminsights/system_info`, as vendor-apis.md §2 and JumpCloud's docs describe.
 //!
 //! - Auth: `x-api-key` (wrong or missing → 401 `{"error":"Unauthorized","message":"Unauthorized:
-//!   api key user not found"}`). In multi-tenant mode a missing `x-org-id` → 401 `{"message":
+//!   api key user not found"}`), or `Authorization: Bearer <token>` from a service account:
+//!   `POST /oauth2/token` (standing in for `admin-oauth.id.jumpcloud.com/oauth2/token`) takes
+//!   `Authorization: Basic base64(client_id:client_secret)` and the form
+//!   `grant_type=client_credentials&scope=api`, and answers `{"access_token": "ory_at_…",
+//!   "token_type": "bearer", "expires_in": 3599, "scope": "api"}`; wrong client credentials are
+//!   401 `{"error": "invalid_client", …}` (the Ory-style OAuth error body). Tokens live an hour
+//!   (tests may shorten it); an expired one is 401. In multi-tenant mode a missing `x-org-id` → 401 `{"message":
 //!   "Unauthorized: no organization selected"}`; a malformed one → 400; an unknown one → 404.
 //!   `Fault::ExpireTokens` resets the API key (the old one stops working, as a reset does).
 //! - v1 lists: `limit` (default 10, above 100 → 400 `request parameter "limit" exceeds maximum
 //!   value of 100`), `skip`, `sort` (space/comma separated, `-` descending), `fields` (projection,
-//!   `_id` always kept), `filter` (repeated or `filter[n]` → AND, `filter[or][n]` → OR) with
+//!   `_id` always kept), `filter` (`filter[n]` → AND, `filter[or][n]` → OR, as the v1 reference
+//!   documents; a plain `filter` is one filter, and when repeated only the last counts, as a
+//!   scalar query parameter reads) with
 //!   `$eq $ne $in $nin $gt $gte $lt $lte $sw` (`|`-separated terms, `\|` escapes), envelope
 //!   `{"totalCount", "results"}` where `totalCount` counts the filtered set.
 //! - v2 System Insights: bare array, `limit` (default 10, max 10000), `skip`, `filter` with v2
@@ -45,6 +53,9 @@ pub struct JumpCloudConfig {
     pub multi_tenant: bool,
     /// Serve System Insights (`false`: the v2 route answers 403 as for a tenant without it).
     pub insights: bool,
+    /// The service account's OAuth client credentials.
+    pub client_id: String,
+    pub client_secret: String,
 }
 
 impl Default for JumpCloudConfig {
@@ -57,6 +68,8 @@ impl Default for JumpCloudConfig {
             org_id: "5f9e8d7c6b5a4f3e2d1c0b9a".into(),
             multi_tenant: false,
             insights: true,
+            client_id: "b3f6c1d2-7e8a-4c5b-9d0e-1f2a3b4c5d6e".into(),
+            client_secret: "jcsim-sa-secret-Qm9ndXNTZWNyZXQ".into(),
         }
     }
 }
@@ -68,6 +81,8 @@ struct Inner {
     /// `system_id` → `system_info` row.
     system_info: HashMap<String, Value>,
     api_key: String,
+    client_id: String,
+    client_secret: String,
     org_id: String,
     multi_tenant: bool,
     insights: bool,
@@ -385,6 +400,8 @@ impl JumpCloudSim {
             users,
             system_info,
             api_key: cfg.api_key.clone(),
+            client_id: cfg.client_id.clone(),
+            client_secret: cfg.client_secret.clone(),
             org_id: cfg.org_id.clone(),
             multi_tenant: cfg.multi_tenant,
             insights: cfg.insights,
@@ -401,6 +418,7 @@ impl JumpCloudSim {
             .route("/api/systems", get(list_systems))
             .route("/api/systemusers", get(list_users))
             .route("/api/v2/systeminsights/system_info", get(system_info_route))
+            .route("/oauth2/token", axum::routing::post(oauth_token))
             .with_state(app);
         let handle = serve(router, control).await?;
         Ok(JumpCloudSim { handle, inner })
@@ -424,6 +442,21 @@ impl JumpCloudSim {
     pub fn secret(&self) -> Value {
         let s = self.lock();
         let mut v = json!({"api_key": s.api_key, "base_url": self.handle.base_url});
+        if s.multi_tenant {
+            v["org_id"] = json!(s.org_id);
+        }
+        v
+    }
+
+    /// A secret for the service account (client credentials) instead of the API key.
+    pub fn service_account_secret(&self) -> Value {
+        let s = self.lock();
+        let mut v = json!({
+            "client_id": s.client_id,
+            "client_secret": s.client_secret,
+            "base_url": self.handle.base_url,
+            "token_url": format!("{}/oauth2/token", self.handle.base_url),
+        });
         if s.multi_tenant {
             v["org_id"] = json!(s.org_id);
         }
@@ -622,7 +655,8 @@ async fn admit(app: &App, path: &str, headers: &HeaderMap, query: &str) -> Resul
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if key.is_empty() || key != s.api_key {
+    let bearer_ok = super::bearer(headers).is_some_and(|t| app.control.token_valid(&t));
+    if !bearer_ok && (key.is_empty() || key != s.api_key) {
         return Err(error(
             StatusCode::UNAUTHORIZED,
             json!({"error": "Unauthorized", "message": "Unauthorized: api key user not found"}),
@@ -648,6 +682,54 @@ async fn admit(app: &App, path: &str, headers: &HeaderMap, query: &str) -> Resul
         )),
         Some(_) => Ok(()),
     }
+}
+
+/// `POST /oauth2/token`: client credentials in HTTP Basic, `grant_type=client_credentials`.
+async fn oauth_token(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use base64::Engine;
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let basic = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok());
+    let (id, secret) = {
+        let s = app.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (s.client_id.clone(), s.client_secret.clone())
+    };
+    if basic.as_deref() != Some(format!("{id}:{secret}").as_str()) {
+        app.control.count_token_request();
+        return error(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "invalid_client", "error_description": "Client authentication failed (e.g., unknown client, no client authentication included, or unsupported authentication method)."}),
+        );
+    }
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        app.control.count_token_request();
+        return error(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "unsupported_grant_type", "error_description": "The authorization grant type is not supported by the authorization server."}),
+        );
+    }
+    let (tok, life) = app
+        .control
+        .issue_token("ory_at_", std::time::Duration::from_secs(3600));
+    Json(json!({
+        "access_token": tok,
+        "token_type": "bearer",
+        "expires_in": life.as_secs().saturating_sub(1),
+        "scope": form.get("scope").cloned().unwrap_or_else(|| "api".into()),
+    }))
+    .into_response()
 }
 
 fn bad_request(msg: &str) -> Response {
@@ -835,7 +917,12 @@ fn parse_list(query: &str, max_limit: usize, dollar: bool) -> Result<ListParams,
         .flat_map(|(_, v)| split(v))
         .collect();
     let (mut and, mut or) = (Vec::new(), Vec::new());
-    for (k, v) in &pairs {
+    // v1: a plain `filter` is a scalar (the last one wins); several are sent indexed.
+    let last_plain = pairs.iter().rposition(|(k, _)| k == "filter");
+    for (n, (k, v)) in pairs.iter().enumerate() {
+        if dollar && k == "filter" && Some(n) != last_plain {
+            continue;
+        }
         let target = if k == "filter"
             || (k.starts_with("filter[") && k[7..].trim_end_matches(']').parse::<u32>().is_ok())
         {
