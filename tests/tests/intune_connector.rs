@@ -705,13 +705,52 @@ async fn bad_secrets_name_the_field() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("login_url"), "{e}");
+    // Software is the detectedApps listing now; a listing Intune lacks is still named.
     let e = build(
         &json!({"tenant_id": "t", "client_id": "c", "client_secret": "s"}),
         ObjectType::Software,
-        &[],
+        &[("api", "software")],
     )
     .await
     .err()
     .unwrap();
-    assert!(e.to_string().contains("Software"), "{e}");
+    assert!(e.to_string().contains("detectedApps"), "{e}");
+}
+
+/// `detectedApps` into Software: every app × device row, paged (apps and each app's devices),
+/// keyed by the device's serial and linked to it.
+#[tokio::test]
+async fn detected_apps_become_software_linked_to_their_device() {
+    let sim = sim(120, 10).await;
+    let c = build(&sim.secret(), ObjectType::Software, &[("page_size", "3")])
+        .await
+        .expect("connector builds");
+    let (records, pages, total) = drain(c.as_ref()).await.unwrap();
+    assert!(pages > 2, "{pages} pages");
+    assert_eq!(total, None, "Graph counts apps, not app × device rows");
+    assert_eq!(records.len(), sim.app_rows().len());
+    let m = Mapping::parse(
+        connectors::default_mapping(SourceKind::Intune, ObjectType::Software, None).unwrap(),
+    )
+    .unwrap();
+    let mut keys = HashSet::new();
+    for r in &records {
+        let mapped = m.apply(r, ObjectType::Software);
+        match c.parent_key(r) {
+            Some(serial) => {
+                let key = mapped.key.clone().expect("keyed");
+                assert!(key.starts_with(&format!("{serial}|")), "{key}");
+                assert_eq!(mapped.attrs["Device Serial"], serial);
+                assert!(mapped.attrs.contains_key("Name") && mapped.attrs.contains_key("Version"));
+                keys.insert(key);
+            }
+            None => assert!(mapped.key.is_none(), "no serial, no key: {r}"),
+        }
+        assert!(c.source_id(r).is_some());
+    }
+    assert!(!keys.is_empty());
+    let per_app = sim
+        .control()
+        .requests_to("/v1.0/deviceManagement/detectedApps/{id}");
+    assert!(per_app > 0, "devices were looked up per app");
 }

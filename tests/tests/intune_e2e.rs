@@ -289,3 +289,51 @@ async fn intune_throttling_and_token_expiry_mid_run_still_complete() {
     );
     assert_eq!(s.counts.missing, 0, "{s:?}");
 }
+
+/// Intune's `detectedApps` reach `Software`, linked to their device by serial, and a new version
+/// on one device updates that one record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn detected_apps_sync_into_software_linked_to_devices() {
+    let (h, sim) = setup(40, 5).await;
+    let ev = event("intune-apps", "intune", SECRET, "Software");
+    let s = h.sync(&ev).await.expect("sync");
+    assert_eq!(s.status, Status::Succeeded, "{s:?}");
+    let rows = sim.app_rows();
+    let keyed = rows
+        .iter()
+        .filter(|(serial, _, _)| assetsync::normalize::serial(serial).is_some())
+        .count();
+    assert_eq!(s.records_fetched as usize, rows.len(), "{s:?}");
+    assert_eq!(
+        (s.counts.created + s.counts.duplicate) as usize,
+        keyed,
+        "{s:?}"
+    );
+    let apps = h.all_records("Software").await.expect("records");
+    assert_eq!(apps.len() as u64, s.counts.created);
+    assert!(apps.iter().all(|r| r
+        .a
+        .get("Device Serial")
+        .is_some_and(|d| r.key.starts_with(&format!("{d}|")))));
+
+    // A device whose serial no other device shares (re-enrolled duplicates pick one row).
+    let keys: Vec<Option<String>> = (0..40).map(|i| key_of(&sim, i)).collect();
+    let i = (0..40)
+        .find(|i| {
+            keys[*i].is_some()
+                && keys.iter().filter(|k| **k == keys[*i]).count() == 1
+                && !sim.apps_of(*i).is_empty()
+        })
+        .expect("a device with its own serial and apps");
+    let (name, _) = sim.apps_of(i)[0].clone();
+    sim.set_app_version(i, &name, "99.0.1");
+    let s2 = h.sync(&ev).await.expect("resync");
+    assert_eq!(s2.counts.updated, 1, "{s2:?}");
+    let key = format!("{}|{name}", key_of(&sim, i).unwrap());
+    let rec = h
+        .record("Software", &key)
+        .await
+        .expect("read")
+        .expect("app record");
+    assert_eq!(rec.a.get("Version").map(String::as_str), Some("99.0.1"));
+}

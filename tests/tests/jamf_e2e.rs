@@ -139,3 +139,48 @@ async fn the_run_reads_computers_inventory_v4_and_records_it() -> anyhow::Result
     assert_eq!(out["served_by"], "computers-inventory v4", "{out}");
     Ok(())
 }
+
+/// Jamf's `applications` section reaches `Software`, one record per computer × application,
+/// linked to its computer by serial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn computer_applications_sync_into_software_linked_to_computers() -> anyhow::Result<()> {
+    let (h, sim, _) = setup(30).await?;
+    let ev = event("jamf-apps", "jamf", "assetsync/jamf-e2e", "Software");
+    let s = h.sync(&ev).await?;
+    assert_eq!(s.status.as_str(), "succeeded", "{s:?}");
+    let computers = sim.computers();
+    let rows: usize = computers
+        .iter()
+        .map(|c| c["applications"].as_array().map_or(0, Vec::len))
+        .sum();
+    let keyed: usize = (0..computers.len())
+        .filter(|i| sim.serial(*i).is_some())
+        .map(|i| computers[i]["applications"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(s.records_fetched as usize, rows, "{s:?}");
+    assert_eq!(
+        (s.counts.created + s.counts.duplicate) as usize,
+        keyed,
+        "{s:?}"
+    );
+    assert_eq!(s.served_by.as_deref(), Some("computers-inventory v4"));
+    let i = (0..computers.len())
+        .find(|i| sim.serial(*i).is_some())
+        .unwrap();
+    let app = &computers[i]["applications"][0];
+    let key = format!(
+        "{}|{}",
+        sim.serial(i).unwrap(),
+        app["bundleId"].as_str().unwrap()
+    );
+    let rec = h.record("Software", &key).await?.expect("app record");
+    assert_eq!(
+        rec.a.get("Version").map(String::as_str),
+        app["version"].as_str()
+    );
+    assert_eq!(
+        rec.a.get("Device Serial").map(String::as_str),
+        sim.serial(i).as_deref()
+    );
+    Ok(())
+}

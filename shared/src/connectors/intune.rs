@@ -33,7 +33,21 @@
 //! `assetsync_azure_ad_device_id` is `azureADDeviceId` unless empty or the all-zero GUID Intune
 //! reports for devices not joined to Entra ID.
 //!
-//! `config:` options: `api` (`managedDevices` or `users`), `filter` (an OData `$filter`, e.g.
+//! Software (`config:api=detectedApps`, the default for `Software`): `GET /v1.0/deviceManagement/detectedApps`
+//! (`$top` apps a page, default 50, next links followed as above), and for each app on the page
+//! `GET /v1.0/deviceManagement/detectedApps/{id}/managedDevices?$select=id,serialNumber,deviceName,lastSyncDateTime`
+//! (its next links followed to the end) to link it to its devices: both are v1.0 (Graph's
+//! detectedApp resource and its `managedDevices` relationship; the per-device
+//! `managedDevices/{id}/detectedApps` exists only in beta) and need
+//! `DeviceManagementManagedDevices.Read.All`. One record per app × device, with the app's fields
+//! (`displayName`, `version`, `publisher`, `platform`, `sizeInByte`), `device_id`,
+//! `device_serial_number`, `device_name`, and `assetsync_device_serial` (normalised) plus
+//! `assetsync_key` (`<serial>|<displayName>`, so a new version updates the record); no key without a
+//! usable serial. [`Connector::parent_key`] is the normalised serial, the device's hardware key.
+//! Every call goes through the same 2000-per-20-s limiter; the page reports no total (Graph counts
+//! apps, not app × device rows).
+//!
+//! `config:` options: `api` (`managedDevices`, `users` or `detectedApps`), `filter` (an OData `$filter`, e.g.
 //! `operatingSystem eq 'Windows'` or `accountEnabled eq true`), `page_size`, `select` (extra
 //! comma-separated properties for a custom mapping, or `*` for Graph's default property set),
 //! `version` (`v1.0`, default, or `beta`).
@@ -47,6 +61,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -122,6 +137,32 @@ map:assetsync_azure_ad_device_id=Azure AD Device ID
 config:api=managedDevices
 ";
 
+const APPS_MAPPING: &str = "\
+key:assetsync_key=Software Key
+map:displayName=Name
+map:version=Version
+map:publisher=Publisher
+map:platform=Platform
+map:assetsync_device_serial=Device Serial
+config:api=detectedApps
+";
+
+/// detectedApp properties read for Software.
+const APP_SELECT: &[&str] = &[
+    "id",
+    "displayName",
+    "version",
+    "publisher",
+    "platform",
+    "sizeInByte",
+];
+/// managedDevice properties read to link an app to its device.
+const APP_DEVICE_SELECT: &str = "id,serialNumber,deviceName,lastSyncDateTime";
+/// Apps a page by default (each costs at least one more request for its devices).
+const APPS_DEFAULT_PAGE: u32 = 50;
+/// Per-app device lookups in flight at once (the 2000-per-20-s limiter is the real bound).
+const APP_CONCURRENCY: usize = 4;
+
 const USER_MAPPING: &str = "\
 key:id=User ID
 map:mail|userPrincipalName~lower=Email
@@ -147,6 +188,7 @@ pub fn default_mapping(object_type: ObjectType, api: Option<&str>) -> Option<&'s
     match (object_type, listing) {
         (ObjectType::Hardware, None | Some(Listing::Devices)) => Some(DEVICE_MAPPING),
         (ObjectType::Person, None | Some(Listing::Users)) => Some(USER_MAPPING),
+        (ObjectType::Software, None | Some(Listing::Apps)) => Some(APPS_MAPPING),
         _ => None,
     }
 }
@@ -166,6 +208,7 @@ struct Secret {
 enum Listing {
     Devices,
     Users,
+    Apps,
 }
 
 impl Listing {
@@ -176,6 +219,9 @@ impl Listing {
             | "devices"
             | "devicemanagement/manageddevices" => Some(Listing::Devices),
             "users" => Some(Listing::Users),
+            "detectedapps" | "detected-apps" | "apps" | "devicemanagement/detectedapps" => {
+                Some(Listing::Apps)
+            }
             _ => None,
         }
     }
@@ -184,6 +230,7 @@ impl Listing {
         match self {
             Listing::Devices => "deviceManagement/managedDevices",
             Listing::Users => "users",
+            Listing::Apps => "deviceManagement/detectedApps",
         }
     }
 
@@ -191,12 +238,13 @@ impl Listing {
         match self {
             Listing::Devices => "managedDevices",
             Listing::Users => "users",
+            Listing::Apps => "detectedApps",
         }
     }
 
     fn permission(&self) -> &'static str {
         match self {
-            Listing::Devices => DEVICE_PERMISSION,
+            Listing::Devices | Listing::Apps => DEVICE_PERMISSION,
             Listing::Users => USER_PERMISSION,
         }
     }
@@ -304,16 +352,12 @@ impl Intune {
 
         let listing = match ctx.config("api") {
             Some(a) => Listing::parse(a).ok_or_else(|| {
-                ConnectorError::Config(format!("config:api={a} is not an Intune listing; use managedDevices or users"))
+                ConnectorError::Config(format!("config:api={a} is not an Intune listing; use managedDevices, users or detectedApps"))
             })?,
             None => match ctx.object_type {
                 ObjectType::Person => Listing::Users,
                 ObjectType::Hardware => Listing::Devices,
-                ObjectType::Software => {
-                    return Err(ConnectorError::Config(
-                        "Intune has no Software listing in assetsync yet; use object_type Hardware (managedDevices) or Person (users)".into(),
-                    ))
-                }
+                ObjectType::Software => Listing::Apps,
             },
         };
         let version = match ctx.config("version") {
@@ -327,11 +371,16 @@ impl Intune {
         };
         let max = match listing {
             Listing::Devices => DEVICES_MAX_PAGE,
-            Listing::Users => USERS_MAX_PAGE,
+            Listing::Users | Listing::Apps => USERS_MAX_PAGE,
         };
         let base_select = match listing {
             Listing::Devices => DEVICE_SELECT,
             Listing::Users => USER_SELECT,
+            Listing::Apps => APP_SELECT,
+        };
+        let default_page = match listing {
+            Listing::Apps => APPS_DEFAULT_PAGE,
+            _ => DEFAULT_PAGE,
         };
         let select = match ctx.config("select").map(str::trim) {
             Some("*") => None,
@@ -375,7 +424,7 @@ impl Intune {
         let token_key = format!("intune|{}|{}|{}|{}", token_url, client_id, scope, tenant_id);
         Ok(Intune {
             http: VendorHttp::new(opts)?,
-            page_size: ctx.page_size(DEFAULT_PAGE, max)?,
+            page_size: ctx.page_size(default_page, max)?,
             tenant_id,
             client_id,
             client_secret: s.client_secret,
@@ -504,7 +553,7 @@ impl Intune {
         match e {
             ConnectorError::Forbidden { path, detail, .. } => {
                 let why = match self.listing {
-                    Listing::Devices => format!(
+                    Listing::Devices | Listing::Apps => format!(
                         "admin consent for {DEVICE_PERMISSION} is missing (application permission): in Entra ID, App registrations \
                          → {} → API permissions, add Microsoft Graph → Application permissions → {DEVICE_PERMISSION} and grant \
                          admin consent (the tenant also needs an Intune licence)",
@@ -645,6 +694,70 @@ impl Intune {
         }
     }
 
+    /// The devices that have a detected app (every page of its `managedDevices`).
+    async fn app_devices(&self, app_id: &str) -> Result<Vec<Value>, ConnectorError> {
+        let mut url = join(
+            &self.graph,
+            &format!("{}/deviceManagement/detectedApps", self.version),
+        );
+        url.path_segments_mut()
+            .map_err(|_| {
+                ConnectorError::Config(format!("graph_url {} cannot take a path", self.graph))
+            })?
+            .push(app_id)
+            .push("managedDevices");
+        url.set_query(Some(&format!(
+            "$select={APP_DEVICE_SELECT}&$top={DEFAULT_PAGE}"
+        )));
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            let env = self.get(&url).await?;
+            out.extend(env.value);
+            match env
+                .next_link
+                .as_deref()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+            {
+                Some(link) => url = self.next_url(link)?,
+                None => return Ok(out),
+            }
+        }
+        Err(ConnectorError::Malformed {
+            vendor: VENDOR,
+            path: url.path().to_string(),
+            detail: "the device list of a detected app never ended".into(),
+        })
+    }
+
+    /// One record per app × device for a page of detected apps.
+    async fn app_rows(&self, apps: Vec<Value>) -> Result<Vec<Value>, ConnectorError> {
+        let lookups: Vec<(Value, Result<Vec<Value>, ConnectorError>)> = futures::stream::iter(apps)
+            .map(|a| async move {
+                let id = a
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let devices = if id.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    self.app_devices(&id).await
+                };
+                (a, devices)
+            })
+            .buffered(APP_CONCURRENCY)
+            .collect()
+            .await;
+        let mut rows = Vec::new();
+        for (app, devices) in lookups {
+            for d in devices? {
+                rows.push(app_row(&app, &d));
+            }
+        }
+        Ok(rows)
+    }
+
     fn enrich(&self, mut records: Vec<Value>) -> Vec<Value> {
         if self.listing == Listing::Devices {
             for r in records.iter_mut() {
@@ -687,7 +800,11 @@ impl Connector for Intune {
             }
         };
         let env = self.get(&url).await?;
-        let total = env.count.or(carried_total);
+        let total = if self.listing == Listing::Apps {
+            None
+        } else {
+            env.count.or(carried_total)
+        };
         let next = match env
             .next_link
             .as_deref()
@@ -704,8 +821,13 @@ impl Connector for Intune {
                 Some(Cursor(c))
             }
         };
+        let records = if self.listing == Listing::Apps {
+            self.app_rows(env.value).await?
+        } else {
+            self.enrich(env.value)
+        };
         Ok(Page {
-            records: self.enrich(env.value),
+            records,
             next,
             total,
             ..Default::default()
@@ -735,7 +857,7 @@ impl Connector for Intune {
         );
         if let Some(r) = &roles {
             let sufficient: &[&str] = match self.listing {
-                Listing::Devices => &[
+                Listing::Devices | Listing::Apps => &[
                     DEVICE_PERMISSION,
                     "DeviceManagementManagedDevices.ReadWrite.All",
                 ],
@@ -760,18 +882,69 @@ impl Connector for Intune {
     }
 
     fn source_id(&self, raw: &Value) -> Option<String> {
+        if self.listing == Listing::Apps {
+            // Device and app name: a detected app's `id` changes with its version, and an
+            // upgrade must update the record, not look like a second source record.
+            let d = raw.get("device_id").and_then(crate::mapping::scalar)?;
+            let a = raw.get("displayName").and_then(crate::mapping::scalar)?;
+            return Some(format!("{d}|{a}"));
+        }
         raw.get("id").and_then(crate::mapping::scalar)
     }
 
     fn checked_in(&self, raw: &Value) -> Option<DateTime<Utc>> {
         raw.get("lastSyncDateTime")
+            .or_else(|| raw.get("device_last_sync"))
             .and_then(Value::as_str)
             .and_then(normalize::parse_time)
+    }
+
+    fn parent_key(&self, raw: &Value) -> Option<String> {
+        (self.listing == Listing::Apps)
+            .then(|| raw.get("assetsync_device_serial").and_then(Value::as_str))
+            .flatten()
+            .map(str::to_string)
     }
 
     fn http_counts(&self) -> HttpCounts {
         self.http.stats().snapshot()
     }
+}
+
+/// A detected app on one device, linked to it by its normalised serial.
+fn app_row(app: &Value, device: &Value) -> Value {
+    let s = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+    };
+    let mut row = app.clone();
+    let serial = s(device, "serialNumber");
+    let norm = serial.as_deref().and_then(normalize::serial);
+    let name = s(app, "displayName");
+    if let Some(obj) = row.as_object_mut() {
+        obj.insert(
+            "app_id".into(),
+            app.get("id").cloned().unwrap_or(Value::Null),
+        );
+        for (from, to) in [
+            ("id", "device_id"),
+            ("serialNumber", "device_serial_number"),
+            ("deviceName", "device_name"),
+            ("lastSyncDateTime", "device_last_sync"),
+        ] {
+            obj.insert(to.into(), device.get(from).cloned().unwrap_or(Value::Null));
+        }
+        if let Some(n) = &norm {
+            obj.insert("assetsync_device_serial".into(), json!(n));
+            if let Some(name) = &name {
+                obj.insert("assetsync_key".into(), json!(format!("{n}|{name}")));
+            }
+        }
+    }
+    row
 }
 
 /// The AADSTS code in a token-endpoint error body (from `error_codes` or the description).
@@ -1043,13 +1216,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.page_size, 1000);
-        let e = Intune::build(
-            &secret(),
-            &ctx(ObjectType::Hardware, &[("api", "detectedApps")]),
-        )
-        .err()
-        .unwrap();
-        assert!(e.to_string().contains("managedDevices or users"), "{e}");
+        let e = Intune::build(&secret(), &ctx(ObjectType::Hardware, &[("api", "apps2")]))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("managedDevices, users or detectedApps"),
+            "{e}"
+        );
+        let c = Intune::build(&secret(), &ctx(ObjectType::Software, &[])).unwrap();
+        assert_eq!((c.listing, c.page_size), (Listing::Apps, APPS_DEFAULT_PAGE));
     }
 
     #[test]
@@ -1161,7 +1337,15 @@ mod tests {
             default_mapping(ObjectType::Person, Some("users")),
             Some(USER_MAPPING)
         );
-        assert_eq!(default_mapping(ObjectType::Software, None), None);
+        assert_eq!(
+            default_mapping(ObjectType::Software, None),
+            Some(APPS_MAPPING)
+        );
+        assert_eq!(
+            default_mapping(ObjectType::Software, Some("detectedApps")),
+            Some(APPS_MAPPING)
+        );
+        assert_eq!(default_mapping(ObjectType::Software, Some("users")), None);
         assert_eq!(default_mapping(ObjectType::Hardware, Some("users")), None);
 
         let m = Mapping::parse(DEVICE_MAPPING).unwrap();

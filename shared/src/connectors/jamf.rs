@@ -1,6 +1,16 @@
 //! Jamf Pro: OAuth client credentials, `computers-inventory` (path version configurable, falling
 //! back on 404 because Jamf deprecates versions in turn) and `v2/mobile-devices/detail`,
 //! 0-based `page` + `page-size` with a stable `sort`.
+//!
+//! Software (`config:api=applications`, the default for `Software`): `computers-inventory` with
+//! `section=GENERAL&section=HARDWARE&section=APPLICATIONS` (Jamf's documented section for installed
+//! software; each application carries `name`, `path`, `version`, `bundleId`, `macAppStore`,
+//! `sizeMegabytes` per jamf-pro-sdk-python's `ComputerApplication`), 100 computers a page by
+//! default (`config:page_size`), paged and rate-limited like the computer listing. One record per
+//! computer × application: the application's fields plus `computer_id`, `computer_name`,
+//! `serial_number`, `last_contact`, `assetsync_device_serial` (normalised) and `assetsync_key`
+//! (`<serial>|<bundleId, or the name>`); [`Connector::parent_key`] is the normalised serial, the
+//! computer's hardware key. The page reports no total (Jamf counts computers, not applications).
 
 use std::time::Duration;
 
@@ -55,13 +65,28 @@ map:general.lastInventoryUpdateDate~timestamp=Last Inventory Update
 config:api=mobile-devices
 ";
 
-/// The default mapping for computers, or for mobile devices with `config:api=mobile-devices`.
+const APPS_MAPPING: &str = "\
+key:assetsync_key=Software Key
+map:name=Name
+map:version=Version
+map:bundleId=Bundle ID
+map:path=Path
+map:assetsync_device_serial=Device Serial
+config:api=applications
+";
+
+/// Computers a page when their applications are read.
+const APPS_PAGE_SIZE: u32 = 100;
+
+/// The default mapping for computers, for mobile devices with `config:api=mobile-devices`, and
+/// for computer applications (`Software`, `config:api=applications`).
 pub fn default_mapping(object_type: ObjectType, api: Option<&str>) -> Option<&'static str> {
     match (object_type, api) {
         (ObjectType::Hardware, Some("mobile-devices" | "mobile-devices/detail")) => {
             Some(MOBILE_MAPPING)
         }
         (ObjectType::Hardware, _) => Some(COMPUTER_MAPPING),
+        (ObjectType::Software, None | Some("applications")) => Some(APPS_MAPPING),
         _ => None,
     }
 }
@@ -77,6 +102,7 @@ struct Secret {
 enum Listing {
     Computers,
     MobileDevices,
+    Applications,
 }
 
 /// The Jamf Pro connector.
@@ -129,12 +155,18 @@ impl Jamf {
             .trim_end_matches("/api")
             .to_string();
         base.set_path(&trimmed);
-        let listing = match ctx.config("api").unwrap_or("computers-inventory") {
+        let default_api = if ctx.object_type == ObjectType::Software {
+            "applications"
+        } else {
+            "computers-inventory"
+        };
+        let listing = match ctx.config("api").unwrap_or(default_api) {
             "computers-inventory" | "computers" => Listing::Computers,
             "mobile-devices" | "mobile-devices/detail" => Listing::MobileDevices,
+            "applications" | "computers-inventory/applications" => Listing::Applications,
             other => {
                 return Err(ConnectorError::Config(format!(
-                    "config:api={other} is not a Jamf listing; use computers-inventory or mobile-devices"
+                    "config:api={other} is not a Jamf listing; use computers-inventory, mobile-devices or applications"
                 )))
             }
         };
@@ -165,7 +197,14 @@ impl Jamf {
         );
         Ok(Jamf {
             http: VendorHttp::new(opts)?,
-            page_size: ctx.page_size(MAX_PAGE_SIZE, MAX_PAGE_SIZE)?,
+            page_size: ctx.page_size(
+                if listing == Listing::Applications {
+                    APPS_PAGE_SIZE
+                } else {
+                    MAX_PAGE_SIZE
+                },
+                MAX_PAGE_SIZE,
+            )?,
             filter: ctx.config("filter").map(str::to_string),
             base,
             client_id: s.client_id,
@@ -255,6 +294,11 @@ impl Jamf {
             // Sorted on the record id: `deviceId` is a hardware field that may be null or shared,
             // so paging on it has no defined order (the detail listing's default, `displayName`,
             // is not unique either).
+            Listing::Applications => (
+                format!("api/{version}/computers-inventory"),
+                &["GENERAL", "HARDWARE", "APPLICATIONS"],
+                "id:asc",
+            ),
             Listing::MobileDevices => (
                 "api/v2/mobile-devices/detail".into(),
                 &["GENERAL", "HARDWARE", "USER_AND_LOCATION"],
@@ -330,13 +374,18 @@ impl Connector for Jamf {
             Cursor(c)
         });
         let served_by = match self.listing {
-            Listing::Computers => format!("computers-inventory {version}"),
+            Listing::Computers | Listing::Applications => format!("computers-inventory {version}"),
             Listing::MobileDevices => "mobile-devices/detail v2".to_string(),
+        };
+        let (records, total) = if self.listing == Listing::Applications {
+            (env.results.iter().flat_map(app_rows).collect(), None)
+        } else {
+            (env.results, env.total_count)
         };
         Ok(Page {
             next,
-            total: env.total_count,
-            records: env.results,
+            total,
+            records,
             served_by: Some(served_by),
         })
     }
@@ -345,6 +394,7 @@ impl Connector for Jamf {
         let (env, version) = self.page(0, 1, None).await?;
         let what = match self.listing {
             Listing::Computers => format!("computers-inventory ({version})"),
+            Listing::Applications => format!("computers-inventory ({version}) applications"),
             Listing::MobileDevices => "mobile-devices".to_string(),
         };
         Ok(TestReport {
@@ -355,11 +405,30 @@ impl Connector for Jamf {
                     .map(|t| t.to_string())
                     .unwrap_or_else(|| "?".into())
             ),
-            sample: env.results.into_iter().next(),
+            sample: if self.listing == Listing::Applications {
+                env.results.iter().flat_map(app_rows).next()
+            } else {
+                env.results.into_iter().next()
+            },
         })
     }
 
+    fn parent_key(&self, raw: &Value) -> Option<String> {
+        (self.listing == Listing::Applications)
+            .then(|| raw.get("assetsync_device_serial").and_then(Value::as_str))
+            .flatten()
+            .map(str::to_string)
+    }
+
     fn source_id(&self, raw: &Value) -> Option<String> {
+        if self.listing == Listing::Applications {
+            let c = raw.get("computer_id").and_then(crate::mapping::scalar)?;
+            let a = raw
+                .get("bundleId")
+                .or_else(|| raw.get("name"))
+                .and_then(crate::mapping::scalar)?;
+            return Some(format!("{c}|{a}"));
+        }
         ["id", "mobileDeviceId", "deviceId"]
             .iter()
             .find_map(|k| raw.get(*k))
@@ -367,6 +436,9 @@ impl Connector for Jamf {
     }
 
     fn checked_in(&self, raw: &Value) -> Option<DateTime<Utc>> {
+        if let Some(t) = raw.get("last_contact").and_then(Value::as_str) {
+            return normalize::parse_time(t);
+        }
         let g = raw.get("general")?;
         [
             "lastContactTime",
@@ -382,6 +454,56 @@ impl Connector for Jamf {
     fn http_counts(&self) -> HttpCounts {
         self.http.stats().snapshot()
     }
+}
+
+/// One record per application of a computer (its `applications` section), linked by serial.
+fn app_rows(computer: &Value) -> Vec<Value> {
+    let s = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+    };
+    let serial = s(computer.pointer("/hardware/serialNumber"));
+    let norm = serial.as_deref().and_then(normalize::serial);
+    let Some(apps) = computer.get("applications").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    apps.iter()
+        .filter(|a| a.is_object())
+        .map(|a| {
+            let mut row = a.clone();
+            let ident = s(a.get("bundleId")).or_else(|| s(a.get("name")));
+            if let Some(obj) = row.as_object_mut() {
+                obj.insert(
+                    "computer_id".into(),
+                    computer.get("id").cloned().unwrap_or(Value::Null),
+                );
+                obj.insert(
+                    "computer_name".into(),
+                    computer
+                        .pointer("/general/name")
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                );
+                obj.insert("serial_number".into(), json!(serial));
+                obj.insert(
+                    "last_contact".into(),
+                    computer
+                        .pointer("/general/lastContactTime")
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                );
+                if let Some(n) = &norm {
+                    obj.insert("assetsync_device_serial".into(), json!(n));
+                    if let Some(i) = &ident {
+                        obj.insert("assetsync_key".into(), json!(format!("{n}|{i}")));
+                    }
+                }
+            }
+            row
+        })
+        .collect()
 }
 
 /// A short, non-reversible fingerprint of a secret, for cache keys.

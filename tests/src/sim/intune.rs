@@ -17,6 +17,13 @@
 //!   request's `Host` so it points back here, `@odata.count` on every managedDevices page, and on
 //!   users only with `$count=true` plus `ConsistencyLevel: eventual`.
 //!
+//! - `GET /v1.0/deviceManagement/detectedApps` (the tenant's discovered apps, one per name and
+//!   version: `id` (64 hex), `displayName`, `version`, `sizeInByte`, `deviceCount`, `publisher`,
+//!   `platform`, per Graph's detectedApp resource) and `GET /v1.0/deviceManagement/detectedApps/{id}/managedDevices`
+//!   (the devices that have it, managedDevice properties, `$select` honoured), both paged with
+//!   `$top` (default 100 here, at most 1000) and `$skiptoken` next links, under
+//!   `DeviceManagementManagedDevices.Read.All`; `@odata.count` on detectedApps pages.
+//!
 //! The fleet is seeded: user `i` is `fleet::person(i)` (UPN = the person's email), device `i`
 //! belongs to person `i*3/4` (so several devices share a user), some devices have no serial or a
 //! placeholder one, no user, a `0001-01-01` last sync, the all-zero Entra device id; MACs are colon-less.
@@ -177,10 +184,88 @@ impl Default for IntuneConfig {
     }
 }
 
+/// The discovered-app catalogue: (displayName, publisher, platform, versions).
+const APP_CATALOGUE: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "Microsoft Edge",
+        "Microsoft Corporation",
+        "windows",
+        &["126.0.2592.68", "127.0.2651.74"],
+    ),
+    (
+        "Google Chrome",
+        "Google LLC",
+        "windows",
+        &["126.0.6478.127", "127.0.6533.89"],
+    ),
+    (
+        "Zoom Workplace",
+        "Zoom Video Communications, Inc.",
+        "windows",
+        &["6.1.1"],
+    ),
+    ("7-Zip 23.01 (x64)", "Igor Pavlov", "windows", &["23.01"]),
+    (
+        "Notepad++ (64-bit x64)",
+        "Notepad++ Team",
+        "windows",
+        &["8.6.8"],
+    ),
+    (
+        "Microsoft Teams",
+        "Microsoft Corporation",
+        "windows",
+        &["24152.405.2925.6762"],
+    ),
+    ("Slack", "Slack Technologies, LLC", "macOS", &["4.39.90"]),
+    (
+        "Microsoft Outlook",
+        "Microsoft Corporation",
+        "iOS",
+        &["4.2424.0"],
+    ),
+    ("Authenticator", "Microsoft Corporation", "iOS", &["6.8.11"]),
+    (
+        "Café Menü Planner",
+        "Bäckerei Müller GmbH",
+        "androidWorkProfile",
+        &["2.1"],
+    ),
+];
+
+/// The apps device `i` has: (catalogue index, version index).
+fn device_apps(seed: u64, i: usize) -> Vec<(usize, usize)> {
+    let n = 1 + fleet::num(seed, i, 0xA990, 4) as usize;
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for k in 0..n {
+        let a = fleet::num(seed, i * 7 + k, 0xA991, APP_CATALOGUE.len() as u64) as usize;
+        if out.iter().any(|(x, _)| *x == a) {
+            continue;
+        }
+        let v = fleet::num(seed, i, 0xA992 + k as u64, APP_CATALOGUE[a].3.len() as u64) as usize;
+        out.push((a, v));
+    }
+    out
+}
+
+/// The 64-hex id Graph gives a detected app (one per name and version).
+fn detected_app_id(name: &str, version: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut out = String::new();
+    for salt in 0..4u8 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (salt, name, version).hash(&mut h);
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}
+
 struct Inner {
     cfg: IntuneConfig,
     /// Creation order; `None` once removed (indexes stay stable).
     devices: Vec<Option<Value>>,
+    /// Per device (same index): its apps as (displayName, version).
+    apps: Vec<Vec<(String, String)>>,
     users: Vec<Option<Value>>,
     /// Application permissions with admin consent (go into the token's `roles`).
     roles: Vec<String>,
@@ -221,8 +306,20 @@ impl IntuneSim {
         let fleet_users = (0..cfg.users)
             .map(|i| Some(make_user(cfg.seed, i)))
             .collect();
+        let apps = (0..cfg.devices)
+            .map(|i| {
+                device_apps(cfg.seed, i)
+                    .into_iter()
+                    .map(|(a, v)| {
+                        let (name, _, _, versions) = APP_CATALOGUE[a];
+                        (name.to_string(), versions[v].to_string())
+                    })
+                    .collect()
+            })
+            .collect();
         let inner = Arc::new(Mutex::new(Inner {
             cfg,
+            apps,
             devices: fleet_devices,
             users: fleet_users,
             roles: vec![DEVICE_ROLE.to_string(), USER_ROLE.to_string()],
@@ -239,6 +336,14 @@ impl IntuneSim {
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .route("/{version}/deviceManagement/managedDevices", get(devices))
             .route("/{version}/users", get(users))
+            .route(
+                "/{version}/deviceManagement/detectedApps",
+                get(detected_apps),
+            )
+            .route(
+                "/{version}/deviceManagement/detectedApps/{id}/managedDevices",
+                get(detected_app_devices),
+            )
             .fallback(not_found)
             .with_state(app);
         let handle = serve(router, control).await?;
@@ -301,6 +406,40 @@ impl IntuneSim {
         self.lock().users.iter().flatten().cloned().collect()
     }
 
+    /// Every (device serial as Graph reports it, app displayName, version) row of the fleet.
+    pub fn app_rows(&self) -> Vec<(String, String, String)> {
+        let s = self.lock();
+        let mut out = Vec::new();
+        for (d, apps) in s.devices.iter().zip(&s.apps) {
+            let Some(d) = d else { continue };
+            let serial = d
+                .get("serialNumber")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            for (n, v) in apps {
+                out.push((serial.clone(), n.clone(), v.clone()));
+            }
+        }
+        out
+    }
+
+    /// Device `i` now reports `version` of app `name` (added if it lacked it).
+    pub fn set_app_version(&self, i: usize, name: &str, version: &str) {
+        let mut s = self.lock();
+        if let Some(apps) = s.apps.get_mut(i) {
+            match apps.iter_mut().find(|(n, _)| n == name) {
+                Some(a) => a.1 = version.to_string(),
+                None => apps.push((name.to_string(), version.to_string())),
+            }
+        }
+    }
+
+    /// The apps device `i` reports, as (displayName, version).
+    pub fn apps_of(&self, i: usize) -> Vec<(String, String)> {
+        self.lock().apps.get(i).cloned().unwrap_or_default()
+    }
+
     /// Change device `i`'s OS version.
     pub fn set_os_version(&self, i: usize, v: &str) {
         self.set_field(i, "osVersion", json!(v));
@@ -333,6 +472,7 @@ impl IntuneSim {
         let i = s.devices.len();
         let d = make_device(s.cfg.seed, i);
         s.devices.push(Some(d));
+        s.apps.push(Vec::new());
         i
     }
 
@@ -1186,6 +1326,278 @@ async fn listing(
     }
     body.insert("value".into(), Value::Array(records));
     json_response(StatusCode::OK, &Value::Object(body))
+}
+
+/// Faults, token and permission checks of the detectedApps routes; `Ok(base)` to serve.
+async fn apps_gate(
+    app: &App,
+    path: &str,
+    version: &str,
+    headers: &HeaderMap,
+) -> Result<String, Response> {
+    match app.control.on_data_request(path) {
+        Some(Fault::TooManyRequests { retry_after }) => {
+            let mut r = graph_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "Too many requests have been sent. Please retry after the time indicated in the Retry-After header, if any.",
+            );
+            if let Some(s) = retry_after.and_then(|s| s.to_string().parse().ok()) {
+                r.headers_mut().insert(header::RETRY_AFTER, s);
+            }
+            return Err(r);
+        }
+        Some(Fault::ServerError(code)) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return Err(graph_error(
+                status,
+                "ServiceUnavailable",
+                "The service is temporarily unavailable. Please try again later.",
+            ));
+        }
+        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Fault::MalformedJson) => {
+            return Err(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{\"value\":[{\"id\":\"3a18"))
+                .unwrap_or_default())
+        }
+        Some(Fault::ExpireTokens) | None => {}
+    }
+    if version != "v1.0" && version != "beta" {
+        return Err(graph_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("Invalid version: {version}"),
+        ));
+    }
+    let Some(tok) = bearer(headers).filter(|t| app.control.token_valid(t)) else {
+        return Err(graph_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token has expired or is not yet valid.",
+        ));
+    };
+    let base = host_base(headers);
+    if !token_roles(&tok)
+        .iter()
+        .any(|r| r == DEVICE_ROLE || r == "DeviceManagementManagedDevices.ReadWrite.All")
+    {
+        return Err(forbidden_intune(&base));
+    }
+    Ok(base)
+}
+
+/// `$top`, the key after which the page starts (`$skiptoken`), and `$select`.
+type AppsQuery = (usize, Option<String>, Option<Vec<String>>);
+
+/// `$top` (default 100, at most 1000), `$skiptoken` and `$select` of a detectedApps request.
+#[allow(clippy::result_large_err)] // a ready-made error response, as the other handlers return
+fn apps_query(raw: &str) -> Result<AppsQuery, Response> {
+    let mut top = 100;
+    let mut skip = None;
+    let mut select = None;
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        match k.as_ref() {
+            "$top" => match v.parse::<usize>() {
+                Ok(n) if n >= 1 => top = n.min(DEVICES_PAGE_CAP),
+                _ => {
+                    return Err(graph_error(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        &format!("Invalid value '{v}' for query option $top."),
+                    ))
+                }
+            },
+            "$skiptoken" => match decode_skiptoken(&v) {
+                Some(k) => skip = Some(k),
+                None => {
+                    return Err(graph_error(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        "The $skiptoken is invalid or has expired.",
+                    ))
+                }
+            },
+            "$select" => {
+                select = Some(
+                    v.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok((top, skip, select))
+}
+
+/// One page of `records` (sorted by id) after `after`, as a Graph envelope with a next link.
+fn id_page(
+    base: &str,
+    path: &str,
+    raw: &str,
+    mut records: Vec<Value>,
+    top: usize,
+    after: Option<String>,
+    count: bool,
+) -> Response {
+    records.sort_by(|a, b| id_of(a).cmp(id_of(b)));
+    let total = records.len();
+    let start = match &after {
+        None => 0,
+        Some(k) => records.partition_point(|r| id_of(r) <= k.as_str()),
+    };
+    let more = records.len() > start + top;
+    let page: Vec<Value> = records.into_iter().skip(start).take(top).collect();
+    let mut body = Map::new();
+    body.insert(
+        "@odata.context".into(),
+        json!(format!("{base}/v1.0/$metadata#{path}")),
+    );
+    if count {
+        body.insert("@odata.count".into(), json!(total));
+    }
+    if more {
+        let last = page
+            .last()
+            .map(|r| id_of(r).to_string())
+            .unwrap_or_default();
+        let mut q: Vec<&str> = raw
+            .split('&')
+            .filter(|p| {
+                !p.is_empty()
+                    && !p.starts_with("$skiptoken=")
+                    && !p.to_ascii_lowercase().starts_with("%24skiptoken=")
+            })
+            .collect();
+        let tok = format!("$skiptoken={}", encode_skiptoken(&last));
+        q.push(&tok);
+        body.insert(
+            "@odata.nextLink".into(),
+            json!(format!("{base}/v1.0/{path}?{}", q.join("&"))),
+        );
+    }
+    body.insert("value".into(), Value::Array(page));
+    json_response(StatusCode::OK, &Value::Object(body))
+}
+
+/// The detected apps of the fleet, one per (name, version), with the devices that have each.
+fn detected(s: &Inner) -> Vec<(Value, Vec<Value>)> {
+    let mut by_id: BTreeMap<String, (Value, Vec<Value>)> = BTreeMap::new();
+    for (d, apps) in s.devices.iter().zip(&s.apps) {
+        let Some(d) = d else { continue };
+        for (name, version) in apps {
+            let id = detected_app_id(name, version);
+            let (publisher, platform) = APP_CATALOGUE
+                .iter()
+                .find(|(n, ..)| n == name)
+                .map(|(_, p, pl, _)| (*p, *pl))
+                .unwrap_or(("", "unknown"));
+            let e = by_id.entry(id.clone()).or_insert_with(|| {
+                (
+                    json!({"id": id, "displayName": name, "version": version, "sizeInByte": 1_048_576 + name.len() as u64 * 4096,
+                           "deviceCount": 0, "publisher": publisher, "platform": platform}),
+                    Vec::new(),
+                )
+            });
+            e.1.push(d.clone());
+        }
+    }
+    by_id
+        .into_values()
+        .map(|(mut a, devs)| {
+            a["deviceCount"] = json!(devs.len());
+            (a, devs)
+        })
+        .collect()
+}
+
+async fn detected_apps(
+    State(app): State<App>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let path = format!("/{version}/deviceManagement/detectedApps");
+    let base = match apps_gate(&app, &path, &version, &headers).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let raw = q.unwrap_or_default();
+    let (top, after, select) = match apps_query(&raw) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let apps: Vec<Value> = detected(&app.lock())
+        .into_iter()
+        .map(|(a, _)| project(a, select.as_deref()))
+        .collect();
+    id_page(
+        &base,
+        "deviceManagement/detectedApps",
+        &raw,
+        apps,
+        top,
+        after,
+        true,
+    )
+}
+
+async fn detected_app_devices(
+    State(app): State<App>,
+    Path((version, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let path = format!("/{version}/deviceManagement/detectedApps/{{id}}/managedDevices");
+    let base = match apps_gate(&app, &path, &version, &headers).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let raw = q.unwrap_or_default();
+    let (top, after, select) = match apps_query(&raw) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if let Some(bad) = select
+        .iter()
+        .flatten()
+        .find(|f| !DEVICE_PROPS.contains(&f.as_str()))
+    {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!(
+                "Could not find a property named '{bad}' on type 'microsoft.graph.managedDevice'."
+            ),
+        );
+    }
+    let Some((_, devices)) = detected(&app.lock())
+        .into_iter()
+        .find(|(a, _)| id_of(a) == id)
+    else {
+        return graph_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            "Resource not found",
+        );
+    };
+    let devices: Vec<Value> = devices
+        .into_iter()
+        .map(|d| project(d, select.as_deref()))
+        .collect();
+    id_page(
+        &base,
+        &format!("deviceManagement/detectedApps/{id}/managedDevices"),
+        &raw,
+        devices,
+        top,
+        after,
+        false,
+    )
 }
 
 fn id_of(v: &Value) -> &str {
