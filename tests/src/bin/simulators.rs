@@ -188,7 +188,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let doc = json!({
         "jamf": {"base_url": jamf.base_url(), "secret": jamf.secret(), "computers": jamf.computer_count(), "mobile_devices": jamf.mobile_count()},
-        "jumpcloud": {"base_url": jumpcloud.base_url(), "secret": jumpcloud.secret(), "systems": jumpcloud.device_count(), "users": jumpcloud.user_count()},
+        "jumpcloud": {"base_url": jumpcloud.base_url(), "secret": jumpcloud.secret(), "service_account_secret": jumpcloud.service_account_secret(), "systems": jumpcloud.device_count(), "users": jumpcloud.user_count()},
         "intune": {"base_url": intune.base_url(), "secret": intune.secret(), "devices": intune.device_count(), "users": intune.user_count()},
         "kandji": {"base_url": kandji.base_url(), "secret": kandji.secret(), "devices": kandji.device_count(), "users": kandji.user_count()},
         "endpoint-central": {"base_url": ec.base_url(), "secret": ec.secret(), "devices": ec.device_count(),
