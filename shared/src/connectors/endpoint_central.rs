@@ -858,14 +858,11 @@ impl EndpointCentral {
                     token::invalidate(&self.login_key);
                     t = token::get_or_fetch(&self.login_key, || self.login(l)).await?;
                 }
-                (
-                    t,
-                    Some(Instant::now() + token::refresh_margin(LOGIN_TOKEN_LIFETIME)),
-                )
+                (t, Some(token::refresh_at(LOGIN_TOKEN_LIFETIME)))
             }
             Auth::Zoho(z) => {
                 let (t, life) = self.zoho_token(z, rejected).await?;
-                (t, Some(Instant::now() + token::refresh_margin(life)))
+                (t, Some(token::refresh_at(life)))
             }
         };
         *cached = Some(CachedToken {
@@ -1009,6 +1006,8 @@ impl EndpointCentral {
                 })
                 .unwrap_or(3600)
                 .max(60);
+            // A huge expires_in must not overflow `now + secs` below, nor keep a token for ever.
+            let secs = token::lifetime_secs(secs).as_secs();
             return Ok((SecretString::from(tok.to_string()), secs));
         }
         let error = body
