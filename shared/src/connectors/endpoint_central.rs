@@ -674,9 +674,9 @@ impl EndpointCentral {
                 None => "local_authentication".to_string(),
                 Some("local_authentication" | "local") => "local_authentication".to_string(),
                 Some("ad_authentication" | "ad" | "domain") => "ad_authentication".to_string(),
-                Some(other) => {
+                Some(_) => {
                     return Err(ConnectorError::Config(format!(
-                        "the {SRC} secret field `auth_type` is `{other}`; use `local_authentication` or `ad_authentication`"
+                        "the {SRC} secret field `auth_type` is not one of the known types; use `local_authentication` or `ad_authentication`"
                     )))
                 }
             };
