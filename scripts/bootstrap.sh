@@ -7,6 +7,9 @@
 #   boto3               AWS SDK for Python                    (infra/local_deploy.py)
 #   cargo-lambda        builds the Lambda bundles             (sam build / cargo lambda build)
 #   ziglang             cross-linker cargo-lambda uses for arm64
+# and two tool venvs beside it, because their pins conflict with moto/boto3's and each other's:
+#   .venv-lint: checkov          security scan of the template and its translation (infra/lint.sh)
+#   .venv-sam:  aws-sam-cli      `sam validate --lint` (infra/lint.sh), `sam build`/`sam deploy`
 #
 # Idempotent: a stamp inside .venv records the pins it was built from; when the
 # stamp matches, the script does nothing. Works from any directory.
@@ -48,7 +51,34 @@ sys.exit(any(u.find_spec(m) is None for m in ("moto", "cfnlint", "samtranslator"
 }
 stamp_ok=false
 if [[ -f "$STAMP" && -x "$VENV/bin/python" && "$(cat "$STAMP")" == "$want" ]]; then stamp_ok=true; fi
+# Tool venvs: name, pins, entry point. Each has its own stamp, like .venv.
+LINT_PINS=("checkov==3.3.30")
+SAM_PINS=("aws-sam-cli==1.170.0")
+tool_venv() {
+  local dir="$1" tool="$2"; shift 2
+  local stamp="$dir/.assetsync-bootstrap"
+  local want_tool
+  want_tool="$dir python$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') $*"
+  if [[ -f "$stamp" && -x "$dir/bin/$tool" && "$(cat "$stamp")" == "$want_tool" ]]; then
+    return 0
+  fi
+  echo "bootstrap: creating $dir with $*"
+  "$PYTHON" -m venv --clear "$dir"
+  "$dir/bin/python" -m pip install --disable-pip-version-check --quiet --upgrade pip
+  "$dir/bin/python" -m pip install --disable-pip-version-check --quiet "$@"
+  if [[ ! -x "$dir/bin/$tool" ]]; then
+    echo "bootstrap: expected $dir/bin/$tool after install, not found" >&2
+    exit 1
+  fi
+  printf '%s' "$want_tool" >"$stamp"
+}
+tool_venvs() {
+  tool_venv "$ROOT/.venv-lint" checkov "${LINT_PINS[@]}"
+  tool_venv "$ROOT/.venv-sam" sam "${SAM_PINS[@]}"
+}
+
 if $stamp_ok && imports_ok; then
+  tool_venvs
   echo "bootstrap: .venv is up to date ($VENV)"
   exit 0
 fi
@@ -93,4 +123,5 @@ done
 "$VENV/bin/python" -c 'import samtranslator, boto3, moto' >/dev/null
 
 printf '%s' "$want" >"$STAMP"
+tool_venvs
 echo "bootstrap: done; tools in $VENV/bin ($("$VENV/bin/cargo-lambda" lambda --version 2>/dev/null || echo cargo-lambda), $("$VENV/bin/cfn-lint" --version 2>/dev/null))"

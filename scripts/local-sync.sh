@@ -43,6 +43,8 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "bootstrap (.venv)"
 bash scripts/bootstrap.sh
 export AWS_EC2_METADATA_DISABLED=true
+# The simulators speak plain http on loopback (the CLI allows it for a local stack too).
+export ASSETSYNC_ALLOW_LOOPBACK_HTTP=1
 # The local stack is moto's: never let this script's commands reach a real AWS account.
 unset AWS_ENDPOINT_URL TABLE_NAME RECORDS_QUEUE_URL FETCH_QUEUE_URL DLQ_URL FETCHER_FUNCTION AWS_PROFILE || true
 

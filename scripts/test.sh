@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The project's test command (README): everything CI runs, in order, failing on the first error.
-#   1. scripts/bootstrap.sh            project-local .venv (moto, cfn-lint, samtranslator, cargo-lambda)
+#   1. scripts/bootstrap.sh            project-local .venv (moto, cfn-lint, samtranslator, cargo-lambda),
+#                                      .venv-lint (checkov), .venv-sam (aws-sam-cli)
 #   2. cargo fmt --all -- --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
-#   4. infra/lint.sh                   cfn-lint on the SAM template and on its CloudFormation translation
+#   4. infra/lint.sh                   cfn-lint on the SAM template and its translation, sam validate
+#                                      --lint, checkov on both (tools in .venv-lint, .venv-sam)
 #   5. cargo test --workspace          unit tests + end-to-end tests (these start moto themselves)
 # Extra arguments are passed to `cargo test` (e.g. scripts/test.sh -- --nocapture).
 set -euo pipefail

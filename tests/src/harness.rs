@@ -205,6 +205,8 @@ impl Harness {
     /// Like [`Harness::start`], letting the test adjust the settings (lease, time reserve...).
     pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
         std::env::set_var("ASSETSYNC_FAST_RETRY", "1");
+        // Simulators are plain http on loopback (the template never allows it).
+        assetsync::http::allow_loopback_http();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()

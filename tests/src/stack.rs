@@ -139,7 +139,8 @@ impl LocalStack {
         vars
     }
 
-    /// The AWS SDK settings alone (endpoint, region, test credentials).
+    /// The AWS SDK settings (endpoint, region, test credentials), plus
+    /// `ASSETSYNC_ALLOW_LOOPBACK_HTTP=1` so a process can reach the loopback simulators.
     pub fn aws_env(&self) -> Vec<(String, String)> {
         [
             ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
@@ -148,6 +149,8 @@ impl LocalStack {
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
             ("AWS_EC2_METADATA_DISABLED", "true"),
+            // A process run against the local stack talks to simulators over loopback http.
+            (assetsync::http::ALLOW_LOOPBACK_HTTP_ENV, "1"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

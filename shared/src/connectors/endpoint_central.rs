@@ -699,9 +699,9 @@ impl EndpointCentral {
                 None => "local_authentication".to_string(),
                 Some("local_authentication" | "local") => "local_authentication".to_string(),
                 Some("ad_authentication" | "ad" | "domain") => "ad_authentication".to_string(),
-                Some(other) => {
+                Some(_) => {
                     return Err(ConnectorError::Config(format!(
-                        "the {SRC} secret field `auth_type` is `{other}`; use `local_authentication` or `ad_authentication`"
+                        "the {SRC} secret field `auth_type` is not one of the known types; use `local_authentication` or `ad_authentication`"
                     )))
                 }
             };
@@ -887,14 +887,11 @@ impl EndpointCentral {
                     token::invalidate(&self.login_key);
                     t = token::get_or_fetch(&self.login_key, || self.login(l)).await?;
                 }
-                (
-                    t,
-                    Some(Instant::now() + token::refresh_margin(LOGIN_TOKEN_LIFETIME)),
-                )
+                (t, Some(token::refresh_at(LOGIN_TOKEN_LIFETIME)))
             }
             Auth::Zoho(z) => {
                 let (t, life) = self.zoho_token(z, rejected).await?;
-                (t, Some(Instant::now() + token::refresh_margin(life)))
+                (t, Some(token::refresh_at(life)))
             }
         };
         *cached = Some(CachedToken {
@@ -1038,6 +1035,8 @@ impl EndpointCentral {
                 })
                 .unwrap_or(3600)
                 .max(60);
+            // A huge expires_in must not overflow `now + secs` below, nor keep a token for ever.
+            let secs = token::lifetime_secs(secs).as_secs();
             return Ok((SecretString::from(tok.to_string()), secs));
         }
         let error = body

@@ -314,9 +314,7 @@ impl Intune {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
         {
-            return Err(ConnectorError::Config(format!(
-                "the intune secret field `tenant_id` must be the Directory (tenant) ID (a GUID) or a verified domain such as contoso.onmicrosoft.com, not {tenant_id:?}"
-            )));
+            return Err(ConnectorError::Config("the intune secret field `tenant_id` must be the Directory (tenant) ID (a GUID) or a verified domain such as contoso.onmicrosoft.com; the value given is neither".to_string()));
         }
         let client_id = s.client_id.trim().to_string();
 

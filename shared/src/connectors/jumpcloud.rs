@@ -384,9 +384,7 @@ impl JumpCloud {
             .filter(|o| !o.is_empty());
         if let Some(o) = &org_id {
             if !o.chars().all(|c| c.is_ascii_alphanumeric()) {
-                return Err(ConnectorError::Config(format!(
-                    "the jumpcloud secret field `org_id` must be the organization ID (24 hex characters, Settings → Organization Profile), got {o:?}"
-                )));
+                return Err(ConnectorError::Config("the jumpcloud secret field `org_id` must be the organization ID (24 hex characters, Settings → Organization Profile); the value given has other characters".to_string()));
             }
         }
         let raw_base = s

@@ -254,10 +254,8 @@ fn api_root(
     let region = match region.map(|r| r.trim().to_ascii_lowercase()).filter(|r| !r.is_empty()) {
         None => None,
         Some(r) if r == "us" || r == "eu" => Some(r),
-        Some(r) => {
-            return Err(ConnectorError::Config(format!(
-                "the kandji secret field `region` must be `us` or `eu` (got {r:?}); it is shown with the API URL under Settings → Access"
-            )))
+        Some(_) => {
+            return Err(ConnectorError::Config("the kandji secret field `region` must be `us` or `eu`; it is shown with the API URL under Settings → Access".to_string()))
         }
     };
     if let Some(b) = base_url.map(str::trim).filter(|b| !b.is_empty()) {
@@ -283,9 +281,7 @@ fn api_root(
         && !sub.starts_with('-')
         && !sub.ends_with('-');
     if !label_ok {
-        return Err(ConnectorError::Config(format!(
-            "the kandji secret field `subdomain` must be the subdomain alone (the `acme` of https://acme.api.kandji.io), got {sub:?}; put a full URL in `base_url` instead"
-        )));
+        return Err(ConnectorError::Config("the kandji secret field `subdomain` must be the subdomain alone (the `acme` of https://acme.api.kandji.io), letters, digits and dashes only; put a full URL in `base_url` instead".to_string()));
     }
     let Some(region) = region else {
         return Err(ConnectorError::Config(

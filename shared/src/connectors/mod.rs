@@ -19,6 +19,7 @@ pub mod intune;
 pub mod jamf;
 pub mod jumpcloud;
 pub mod kandji;
+pub mod secret_fields;
 pub mod token;
 
 /// Where a connector stands in its listing; opaque to everything but the connector.
@@ -216,7 +217,8 @@ pub fn default_mapping(
     })
 }
 
-/// Deserialize a secret into a connector's typed secret, naming the missing or wrong field.
+/// Deserialize a secret into a connector's typed secret, naming the missing or wrong field and
+/// the expected type, never a value (serde's own messages quote values; see [`secret_fields`]).
 pub fn parse_secret<T: serde::de::DeserializeOwned>(
     source: SourceKind,
     secret: &Value,
@@ -227,10 +229,19 @@ pub fn parse_secret<T: serde::de::DeserializeOwned>(
             "the {source} secret must be a JSON object with {expected}"
         )));
     }
-    serde_json::from_value(secret.clone()).map_err(|e| {
-        ConnectorError::Config(format!(
-            "the {source} secret is malformed: {e}; it needs {expected}"
-        ))
+    secret_fields::from_value(secret).map_err(|e| {
+        if e.path.is_empty() {
+            ConnectorError::Config(format!(
+                "the {source} secret {}; it needs {expected}",
+                e.message
+            ))
+        } else {
+            ConnectorError::Config(format!(
+                "the {source} secret field `{}` {}; it needs {expected}",
+                e.field(),
+                e.message
+            ))
+        }
     })
 }
 

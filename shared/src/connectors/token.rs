@@ -18,8 +18,30 @@ struct Entry {
 static CACHE: LazyLock<Mutex<HashMap<String, Entry>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
-/// When to refresh a token that lives `lifetime`: a minute early, or at 80% for short lifetimes.
+/// The longest a vendor token is trusted, whatever its `expires_in` says (a day).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// A vendor's token lifetime, clamped to [`MAX_TOKEN_LIFETIME`] (a huge `expires_in` must not
+/// overflow `Instant + Duration`, nor keep a token for ever).
+pub fn clamp_lifetime(lifetime: Duration) -> Duration {
+    lifetime.min(MAX_TOKEN_LIFETIME)
+}
+
+/// A vendor's `expires_in` seconds, clamped to [`MAX_TOKEN_LIFETIME`].
+pub fn lifetime_secs(expires_in: u64) -> Duration {
+    clamp_lifetime(Duration::from_secs(expires_in))
+}
+
+/// The instant to refresh a token that lives `lifetime` (clamped), never overflowing.
+pub fn refresh_at(lifetime: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(refresh_margin(lifetime)).unwrap_or(now)
+}
+
+/// When to refresh a token that lives `lifetime` (clamped to [`MAX_TOKEN_LIFETIME`]): a minute
+/// early, or at 80% for short lifetimes.
 pub fn refresh_margin(lifetime: Duration) -> Duration {
+    let lifetime = clamp_lifetime(lifetime);
     let early = Duration::from_secs(60);
     if lifetime > early * 5 {
         lifetime - early
@@ -47,7 +69,7 @@ where
             key.to_string(),
             Entry {
                 token: token.clone(),
-                refresh_at: Instant::now() + refresh_margin(lifetime),
+                refresh_at: refresh_at(lifetime),
             },
         );
     }
@@ -58,5 +80,37 @@ where
 pub fn invalidate(key: &str) {
     if let Ok(mut cache) = CACHE.lock() {
         cache.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_lifetimes_are_clamped_not_panicking() {
+        assert_eq!(
+            refresh_margin(Duration::MAX),
+            MAX_TOKEN_LIFETIME - Duration::from_secs(60)
+        );
+        assert_eq!(lifetime_secs(u64::MAX), MAX_TOKEN_LIFETIME);
+        let at = refresh_at(Duration::MAX);
+        assert!(at <= Instant::now() + MAX_TOKEN_LIFETIME);
+        assert_eq!(
+            refresh_margin(Duration::from_secs(100)),
+            Duration::from_secs(80)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_with_a_huge_expires_in_is_cached() {
+        let key = "test|huge-expires-in";
+        let t = get_or_fetch(key, || async {
+            Ok((SecretString::from("t1".to_string()), Duration::MAX))
+        })
+        .await
+        .unwrap();
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&t), "t1");
+        invalidate(key);
     }
 }

@@ -207,6 +207,8 @@ impl Drop for SimHandle {
 
 /// Serve a router on a free loopback port.
 pub async fn serve(router: Router, control: Control) -> anyhow::Result<SimHandle> {
+    // Simulators speak plain http on loopback, which connectors accept only with this setting.
+    assetsync::http::allow_loopback_http();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
