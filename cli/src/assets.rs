@@ -37,21 +37,50 @@ pub async fn run(g: &Global, cmd: AssetsCmd) -> anyhow::Result<()> {
     let target = Target::resolve(g).await?;
     let store = target.store();
     match cmd {
-        AssetsCmd::List { limit, .. } => {
-            let records = console::list_records(&store, ot, limit)
+        AssetsCmd::List {
+            limit, after, csv, ..
+        } => {
+            let after = after.as_deref();
+            if g.json {
+                // Streamed page by page: a bare JSON list on stdout, as before, now complete.
+                let mut out = output::JsonListWriter::new();
+                let next = console::scan_records(&store, ot, limit, after, |r| {
+                    out.push(&RecordView::from(&r))
+                        .map_err(|e| ConsoleError::Argument(format!("writing the output: {e}")))
+                })
                 .await
                 .map_err(console_err)?;
-            if g.json {
-                let views: Vec<RecordView> = records.iter().map(RecordView::from).collect();
-                return output::json(&views);
+                out.finish()?;
+                if let Some(k) = next {
+                    eprintln!("{}", json!({ "next": k }));
+                }
+                return Ok(());
             }
-            if records.is_empty() {
+            let limit = if csv {
+                limit
+            } else {
+                Some(limit.unwrap_or(50))
+            };
+            let mut records = Vec::new();
+            let next = console::scan_records(&store, ot, limit, after, |r| {
+                records.push(r);
+                Ok(())
+            })
+            .await
+            .map_err(console_err)?;
+            if csv {
+                print!("{}", output::records_csv(columns(ot), &records));
+            } else if records.is_empty() {
                 eprintln!("no {ot} records");
             } else {
+                records.sort_by(|a, b| a.key.cmp(&b.key));
                 print!("{}", list_table(ot, &records));
-                if records.len() == limit {
-                    eprintln!("(first {limit}; --limit N for more)");
-                }
+            }
+            if let Some(k) = next {
+                eprintln!(
+                    "next: {k}  (stopped after {} records; --after {k:?} for the rest, or a larger --limit)",
+                    records.len()
+                );
             }
             Ok(())
         }

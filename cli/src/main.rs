@@ -148,8 +148,18 @@ pub enum AssetsCmd {
         /// Hardware, Person or Software (any case).
         #[arg(value_name = "TYPE")]
         object_type: String,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// At most N records (default: every record with --json or --csv, 50 for the table).
+        /// When records remain, where it stopped goes to stderr: `{"next": KEY}` with --json
+        /// (stdout stays the bare JSON list), a `next:` line otherwise.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Start after the record with this key (a `next` printed by an earlier, limited list).
+        #[arg(long, value_name = "KEY")]
+        after: Option<String>,
+        /// CSV: one row per record, one column per attribute (the type's usual columns first,
+        /// then the rest by name), then `sources` and `missing_from`.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
     },
     /// One record: attributes with who set each and when, its sources, missing-from connections.
     Get {

@@ -15,6 +15,91 @@ pub fn json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A JSON list written to stdout one element at a time (the register streamed page by page),
+/// so the output is the same document [`json`] would print for the whole list.
+pub struct JsonListWriter {
+    count: usize,
+}
+
+impl JsonListWriter {
+    /// Start a list (nothing is written until the first element or [`JsonListWriter::finish`]).
+    pub fn new() -> Self {
+        JsonListWriter { count: 0 }
+    }
+
+    /// Write one element.
+    pub fn push<T: Serialize>(&mut self, v: &T) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(v)?;
+        let indented = text.replace('\n', "\n  ");
+        let mut out = std::io::stdout().lock();
+        let sep = if self.count == 0 { "[\n  " } else { ",\n  " };
+        write!(out, "{sep}{indented}")?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Close the list.
+    pub fn finish(self) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        if self.count == 0 {
+            writeln!(out, "[]")?;
+        } else {
+            writeln!(out, "\n]")?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+}
+
+/// One CSV field (RFC 4180): quoted when it holds a comma, a quote or a line break.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Records as CSV: `key`, then one column per attribute any record has (`preferred` first, in
+/// that order, then the rest by name), then `sources` and `missing_from` (`;`-separated).
+pub fn records_csv(preferred: &[&str], records: &[assetsync::register::StoredRecord]) -> String {
+    let mut names: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for r in records {
+        names.extend(r.a.keys().map(String::as_str));
+    }
+    let mut cols: Vec<&str> = preferred
+        .iter()
+        .copied()
+        .filter(|c| names.contains(c))
+        .collect();
+    cols.extend(names.iter().copied().filter(|n| !preferred.contains(n)));
+    let mut out = String::new();
+    let mut header = vec!["key".to_string()];
+    header.extend(cols.iter().map(|c| csv_field(c)));
+    header.push("sources".into());
+    header.push("missing_from".into());
+    out.push_str(&header.join(","));
+    out.push_str("\r\n");
+    for r in records {
+        let mut row = vec![csv_field(&r.key)];
+        for c in &cols {
+            row.push(csv_field(r.a.get(*c).map(String::as_str).unwrap_or("")));
+        }
+        let sources: Vec<&str> = r.src.keys().map(String::as_str).collect();
+        let missing: Vec<&str> = r
+            .src
+            .iter()
+            .filter(|(_, s)| s.missing.is_some())
+            .map(|(c, _)| c.as_str())
+            .collect();
+        row.push(csv_field(&sources.join(";")));
+        row.push(csv_field(&missing.join(";")));
+        out.push_str(&row.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
 /// Seconds between two RFC 3339 times.
 pub fn seconds_between(start: &str, end: Option<&str>) -> Option<i64> {
     let s = DateTime::parse_from_rfc3339(start).ok()?;
@@ -132,6 +217,14 @@ pub fn runs_table(runs: &[RunSummary]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+    }
     use assetsync::summary::{Counts, Pages, RecordError, Status};
 
     fn summary() -> RunSummary {

@@ -7,7 +7,7 @@
 //!   next run of a source that maps it may write it again. Every edit bumps the record's version
 //!   under an optimistic condition (a concurrent run's write is never lost: the edit is retried on
 //!   the newer record) and is written in the same transaction as its history entry.
-//! - [`list_records`], [`get_record`], [`history`]: read the register.
+//! - [`list_records`], [`scan_records`], [`get_record`], [`history`]: read the register.
 //! - [`redrive`]: put a run's dead-lettered pages back on the records queue.
 //! - Pure helpers for the CLI: [`parse_assignment`], [`RecordView`], [`format_record`], [`table`].
 
@@ -165,6 +165,64 @@ pub async fn list_records(
     }
     out.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(out)
+}
+
+/// Where [`scan_records`] stopped: the key of the last record it gave, which `after` accepts to
+/// go on from there; `None` when the table had no more records of the type.
+pub type Next = Option<String>;
+
+/// Stream records of a type in the table's scan order (stable between calls), one DynamoDB page
+/// at a time, to `each`: all of them, or at most `limit`. `after` resumes after the record with
+/// that key (a [`Next`] from an earlier call). A filtered Scan: fine for a console, never used by runs.
+pub async fn scan_records<F>(
+    store: &Store,
+    object_type: ObjectType,
+    limit: Option<usize>,
+    after: Option<&str>,
+    mut each: F,
+) -> Result<Next, ConsoleError>
+where
+    F: FnMut(StoredRecord) -> Result<(), ConsoleError>,
+{
+    let prefix = format!("R#{}#", object_type.as_str());
+    let mut start = after.map(|k| {
+        std::collections::HashMap::from([
+            ("pk".to_string(), s(format!("{prefix}{k}"))),
+            ("sk".to_string(), s("#")),
+        ])
+    });
+    let mut given = 0usize;
+    loop {
+        let page = store
+            .ddb
+            .scan()
+            .table_name(&store.table)
+            .filter_expression("begins_with(pk, :p) AND sk = :s")
+            .expression_attribute_values(":p", s(&prefix))
+            .expression_attribute_values(":s", s("#"))
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| dyn_err("Scan", e))?;
+        let items = page.items.unwrap_or_default();
+        let more_pages = page.last_evaluated_key.is_some();
+        let n = items.len();
+        for (i, item) in items.into_iter().enumerate() {
+            let rec = from_item::<StoredRecord>(item)?;
+            let key = rec.key.clone();
+            each(rec)?;
+            given += 1;
+            if limit.is_some_and(|l| given >= l) {
+                // Stopped by the limit: say where, unless this was the very last record.
+                let rest = i + 1 < n || more_pages;
+                return Ok(rest.then_some(key));
+            }
+        }
+        match page.last_evaluated_key {
+            Some(k) => start = Some(k),
+            None => return Ok(None),
+        }
+    }
 }
 
 /// Every history entry of a record, oldest first.
