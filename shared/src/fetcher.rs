@@ -99,12 +99,20 @@ impl Fetcher {
                     SyncError::Event(format!("fetch-queue message is not a continuation: {e}"))
                 })?;
                 cont.event.validate()?;
-                let span = tracing::info_span!("run", run_id = %cont.run_id, connection = %cont.event.connection);
-                let res = if cont.check {
-                    Box::pin(self.check(&cont, deadline).instrument(span)).await?
-                } else {
-                    Box::pin(self.continue_run(&cont, deadline).instrument(span)).await?
-                };
+                let span = tracing::error_span!("run", run_id = %cont.run_id, connection = %cont.event.connection);
+                let res = async {
+                    let r = if cont.check {
+                        Box::pin(self.check(&cont, deadline)).await
+                    } else {
+                        Box::pin(self.continue_run(&cont, deadline)).await
+                    };
+                    // The top-level error line, inside the run's span (run_id, connection).
+                    r.inspect_err(
+                        |e| tracing::error!(error = %chain(e), "fetcher invocation failed"),
+                    )
+                }
+                .instrument(span)
+                .await?;
                 out.push(res);
             }
             return Ok(json!({ "continued": out }));
@@ -112,8 +120,14 @@ impl Fetcher {
         let event = ConnectionEvent::parse(payload)?;
         match event.action {
             Action::Sync => {
-                let span = tracing::info_span!("run", connection = %event.connection, run_id = tracing::field::Empty);
-                Box::pin(self.sync(&event, deadline).instrument(span)).await
+                let span = tracing::error_span!("run", connection = %event.connection, run_id = tracing::field::Empty);
+                async {
+                    Box::pin(self.sync(&event, deadline)).await.inspect_err(
+                        |e| tracing::error!(error = %chain(e), "fetcher invocation failed"),
+                    )
+                }
+                .instrument(span)
+                .await
             }
             Action::Sample => self.sample(&event).await,
             Action::Test => Ok(self.test(&event).await),
@@ -323,6 +337,10 @@ impl Fetcher {
         };
         let mut last_http = HttpCounts::default();
         let mut reread_secret = false;
+        // Connectors (and their retry waits) aim to return a page by `page_deadline`, leaving the
+        // reserve to send it and checkpoint. A page is never cut here (a page always longer than
+        // the budget would never progress); one that outlives the Lambda dies with it, and its
+        // run is resumed from the checkpoint once its heartbeat-less lease runs out.
         let page_deadline =
             deadline.map(|d| d.checked_sub(self.settings.time_reserve).unwrap_or(d));
         loop {
@@ -339,11 +357,6 @@ impl Fetcher {
             let page = tokio::select! {
                 p = fetch => p,
                 _ = beat.wait_lost() => return self.lost(&run).await,
-                _ = sleep_until_opt(page_deadline) => {
-                    // The page outlived the invocation's budget: the next invocation re-fetches it.
-                    tracing::warn!(page = run.next_page, "page still not fetched at the time budget: handing over");
-                    return self.hand_over_now(event, &run, token).await;
-                }
             };
             let page = match page {
                 Ok(p) => p,
@@ -496,7 +509,9 @@ impl Fetcher {
                 let delay = self.settings.fetch_retry_seconds.saturating_mul(n as i32);
                 self.send_continuation(event, &run.run_id, false, delay)
                     .await?;
-                self.runs.disown(&run.run_id, token).await?;
+                // Nobody (a finish check included) retries before the delay is up.
+                let until = chrono::Utc::now().timestamp() + i64::from(delay.clamp(0, 900)) - 1;
+                self.runs.hold_until(&run.run_id, token, until).await?;
                 return self
                     .summary_value(
                         run,
@@ -733,13 +748,6 @@ pub fn split_page(
             )));
         }
         parts *= 2;
-    }
-}
-
-async fn sleep_until_opt(d: Option<Instant>) {
-    match d {
-        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-        None => std::future::pending::<()>().await,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -257,7 +257,21 @@ impl Runs {
         if let Some(item) = self.store.get(&lease_pk, "#").await? {
             let lease: Lease = from_item(item)?;
             prev = Some(lease.run_id.clone());
-            if let Some(run) = self.get(&lease.run_id).await? {
+            let holder = self.get(&lease.run_id).await?;
+            if holder.is_none() {
+                // The lease is written just before its run item: a start may be between the two.
+                let age = chrono::DateTime::parse_from_rfc3339(&lease.started_at)
+                    .map(|d| Utc::now().timestamp() - d.timestamp())
+                    .unwrap_or(i64::MAX);
+                if age < self.lease_seconds.clamp(5, 60) {
+                    return Err(SyncError::AlreadyRunning {
+                        connection: event.connection.clone(),
+                        run_id: lease.run_id,
+                        started_at: lease.started_at,
+                    });
+                }
+            }
+            if let Some(run) = holder {
                 if run.status == "running" {
                     let now_s = Utc::now().timestamp();
                     if run.owner_until > now_s {
@@ -288,7 +302,13 @@ impl Runs {
                 started_at: run.started_at.clone(),
             },
         )?;
-        let mut put_lease = Put::builder()
+        // The lease first, then the run: a crash between them leaves a lease naming no run,
+        // which the next start replaces (no transaction: moto's are not isolated, and a failed
+        // one there restores whole tables over concurrent writes).
+        let mut put_lease = self
+            .store
+            .ddb
+            .put_item()
             .table_name(&self.store.table)
             .set_item(Some(lease));
         put_lease = match &prev {
@@ -298,32 +318,27 @@ impl Runs {
                 .expression_attribute_values(":prev", s(p)),
             None => put_lease.condition_expression("attribute_not_exists(pk)"),
         };
-        let put_lease = put_lease
-            .build()
-            .map_err(|e| AwsError::Item(e.to_string()))?;
-        let put_run = Put::builder()
+        match put_lease.send().await {
+            Ok(_) => {}
+            Err(e) if is_condition_failed(&e) => {
+                return Err(SyncError::AlreadyRunning {
+                    connection: event.connection.clone(),
+                    run_id: "(another start won the lease just now)".into(),
+                    started_at: now(),
+                })
+            }
+            Err(e) => return Err(dyn_err("PutItem", e).into()),
+        }
+        crate::failpoint::hit("start.after_lease")?;
+        self.store
+            .ddb
+            .put_item()
             .table_name(&self.store.table)
             .set_item(Some(to_item("RUN", &run.run_id, &run)?))
-            .build()
-            .map_err(|e| AwsError::Item(e.to_string()))?;
-        // The lease and the run item are written together: no run without its lease.
-        let res = self
-            .store
-            .ddb
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put_lease).build())
-            .transact_items(TransactWriteItem::builder().put(put_run).build())
             .send()
-            .await;
-        match res {
-            Ok(_) => Ok(Start::New(run)),
-            Err(e) if is_condition_failed(&e) => Err(SyncError::AlreadyRunning {
-                connection: event.connection.clone(),
-                run_id: "(another start won the lease just now)".into(),
-                started_at: now(),
-            }),
-            Err(e) => Err(dyn_err("TransactWriteItems", e).into()),
-        }
+            .await
+            .map_err(|e| dyn_err("PutItem", e))?;
+        Ok(Start::New(run))
     }
 
     fn new_run(&self, event: &ConnectionEvent, token: &str) -> Result<RunItem, SyncError> {
@@ -431,6 +446,12 @@ impl Runs {
     /// Give up the lease `token` holds (a hand-over or an error), so the next invocation can
     /// take the run over at once instead of waiting for the lease to expire.
     pub async fn disown(&self, run_id: &str, token: &str) -> Result<(), AwsError> {
+        self.hold_until(run_id, token, 0).await
+    }
+
+    /// Give up the lease `token` holds as of `until` (Unix seconds): nobody takes the run over
+    /// before then (a delayed retry's continuation comes at that time).
+    pub async fn hold_until(&self, run_id: &str, token: &str, until: i64) -> Result<(), AwsError> {
         let out = self
             .store
             .ddb
@@ -442,7 +463,7 @@ impl Runs {
             .condition_expression("#ow = :t")
             .expression_attribute_names("#ow", "owner")
             .expression_attribute_values(":t", s(token))
-            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":zero", n(until))
             .send()
             .await;
         match out {
@@ -883,7 +904,7 @@ impl Runs {
     }
 
     /// The newer run of `run`'s connection that has started since, if any.
-    async fn newer_run(&self, run: &RunItem) -> Result<Option<String>, AwsError> {
+    pub async fn newer_run(&self, run: &RunItem) -> Result<Option<String>, AwsError> {
         let Some(item) = self
             .store
             .get(&format!("L#{}", run.connection), "#")
@@ -1018,7 +1039,7 @@ impl Runs {
             .build()
             .map_err(|e| AwsError::Item(e.to_string()))?;
         let mut expr =
-            "SET #st = :running, finished_at = :null, finishing_at = :null ADD pages_dead :minus"
+            "SET #st = :running, finished_at = :null, finishing_at = :null, import_deadline = :idl ADD pages_dead :minus"
                 .to_string();
         let mut run = Update::builder()
             .table_name(&self.store.table)
@@ -1042,6 +1063,9 @@ impl Runs {
             .expression_attribute_values(":running", s("running"))
             .expression_attribute_values(":null", AttributeValue::Null(true))
             .expression_attribute_values(":minus", n(-1))
+            // The redriven page gets a fresh import deadline (the default horizon), so the run is
+            // not ended as abandoned while it is being imported.
+            .expression_attribute_values(":idl", n(Utc::now().timestamp() + 720 * 5 + 600))
             .build()
             .map_err(|e| AwsError::Item(e.to_string()))?;
         self.store

@@ -62,6 +62,12 @@ pub fn emf_line(
 
 fn print_line(line: &str) {
     use std::io::Write;
+    // Only inside Lambda, whose log agent extracts the metrics from stdout; elsewhere (the CLI's
+    // `--json` output, tests) stdout is not ours, and the line goes to the debug log instead.
+    if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_none() {
+        tracing::debug!(emf = line, "metrics");
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
 }

@@ -181,16 +181,26 @@ async fn every_run_ends_exact_whatever_dies() -> anyhow::Result<()> {
     c.sim
         .control()
         .inject_after(2, Fault::Delay(Duration::from_secs(4)));
-    let killed =
-        tokio::time::timeout(Duration::from_millis(1500), h.invoke_fetcher(c.ev.clone())).await;
-    assert!(killed.is_err(), "the invocation was killed mid-page");
-    let run = h
-        .runs
-        .list(500)
-        .await?
-        .into_iter()
-        .find(|r| r.connection == c.name)
-        .expect("run");
+    // Kill the invocation once its run has checkpointed a page and the next page is slow.
+    let conn = c.name.clone();
+    let runs = h.runs.clone();
+    let kill = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(list) = runs.list(500).await {
+                if let Some(r) = list
+                    .into_iter()
+                    .find(|r| r.connection == conn && r.next_page >= 1)
+                {
+                    return r;
+                }
+            }
+        }
+    };
+    let run = tokio::select! {
+        r = h.invoke_fetcher(c.ev.clone()) => panic!("the invocation ended before the kill: {r:?}"),
+        r = kill => r,
+    };
     let begin = Instant::now();
     let s = h
         .runner
@@ -231,7 +241,7 @@ async fn every_run_ends_exact_whatever_dies() -> anyhow::Result<()> {
         .fetcher
         .handle(
             c.ev.clone(),
-            Some(Instant::now() + Duration::from_secs(901)),
+            Some(Instant::now() + Duration::from_secs(900)),
         )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -244,6 +254,18 @@ async fn every_run_ends_exact_whatever_dies() -> anyhow::Result<()> {
         b.map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     println!("twice: {a}\n{b}");
+    assert_eq!(
+        started["message"], "continuing through the fetch queue",
+        "{started}"
+    );
+    let stood_down = [&a, &b]
+        .iter()
+        .filter(|v| {
+            let m = v["continued"][0]["message"].as_str().unwrap_or_default();
+            m == "another fetcher holds this run's lease" || m == "nothing left to fetch"
+        })
+        .count();
+    assert!(stood_down >= 1, "one copy stood down: {a}\n{b}");
     let s = h
         .runner
         .drain_until_done(&run_id, &mut |_| {})

@@ -240,6 +240,12 @@ async fn endpoint_central_first_sync_completes_through_continuations_within_its_
     assert_eq!(s.status.as_str(), "succeeded", "{s:?}");
     assert_eq!(s.counts.created, keyed, "{s:?}");
     assert_eq!(s.records_fetched, 60, "{s:?}");
-    assert_eq!(sim.detail_requests(), 60, "each detail fetched once");
+    // Each detail is cached as it arrives; only calls in flight when a page was cut at its
+    // deadline (a slow machine) are made again.
+    let details = sim.detail_requests();
+    assert!(
+        (60..90).contains(&details),
+        "{details} detail calls for 60 computers"
+    );
     Ok(())
 }
