@@ -15,7 +15,7 @@ Steps:
      that is not among the stack's created resources is created here through the service API,
      from the template's own properties with Ref/Fn::GetAtt/Fn::Sub/Fn::Join/... resolved against
      the stack. Handled: AWS::SecretsManager::Secret, AWS::Scheduler::Schedule,
-     AWS::Scheduler::ScheduleGroup. Any other skipped type is an error (add a handler below).
+     AWS::Scheduler::ScheduleGroup, AWS::CloudWatch::Alarm, AWS::Lambda::EventInvokeConfig. Any other skipped type is an error (add a handler below).
   4. Property gaps of created resources are closed from the template too (DynamoDB TTL and PITR,
      which moto's CloudFormation ignores).
   5. Print one JSON document (also written to --out): endpoint, stack name, outputs, each
@@ -432,10 +432,68 @@ def create_schedule_group(r: Resolver, logical: str, props: dict[str, Any]) -> d
     return {"kind": "schedule_group", "name": name}
 
 
+def create_alarm(r: Resolver, logical: str, props: dict[str, Any]) -> dict[str, Any]:
+    """A CloudWatch alarm, as the template declares it (PutMetricAlarm is an upsert)."""
+    cw = r.aws("cloudwatch")
+    name = props.get("AlarmName") or f"{r.pseudo['AWS::StackName']}-{logical}"
+    kwargs: dict[str, Any] = {"AlarmName": name}
+    for key in (
+        "AlarmDescription", "ActionsEnabled", "AlarmActions", "OKActions", "InsufficientDataActions",
+        "MetricName", "Namespace", "Statistic", "ExtendedStatistic", "Dimensions", "Period", "Unit",
+        "EvaluationPeriods", "DatapointsToAlarm", "Threshold", "ComparisonOperator",
+        "TreatMissingData", "Metrics",
+    ):
+        if key in props:
+            kwargs[key] = props[key]
+    for key in ("Threshold",):
+        if key in kwargs:
+            kwargs[key] = float(kwargs[key])
+    for key in ("Period", "EvaluationPeriods", "DatapointsToAlarm"):
+        if key in kwargs:
+            kwargs[key] = int(kwargs[key])
+    cw.put_metric_alarm(**kwargs)
+    log(f"alarm {name} put from template resource {logical}")
+    r.physical[logical] = name  # Ref of an alarm is its name
+    return {
+        "kind": "alarm",
+        "name": name,
+        "namespace": props.get("Namespace"),
+        "metric": props.get("MetricName"),
+        "dimensions": props.get("Dimensions", []),
+        "threshold": float(props.get("Threshold", 0)),
+        "logical_id": logical,
+    }
+
+
+def create_event_invoke_config(r: Resolver, logical: str, props: dict[str, Any]) -> dict[str, Any]:
+    """A function's asynchronous-invocation config (retries, on-failure destination)."""
+    lam = r.aws("lambda")
+    kwargs: dict[str, Any] = {"FunctionName": props["FunctionName"]}
+    if props.get("Qualifier") and props["Qualifier"] != "$LATEST":
+        kwargs["Qualifier"] = props["Qualifier"]
+    for key in ("MaximumRetryAttempts", "MaximumEventAgeInSeconds"):
+        if key in props:
+            kwargs[key] = int(props[key])
+    if "DestinationConfig" in props:
+        kwargs["DestinationConfig"] = props["DestinationConfig"]
+    lam.put_function_event_invoke_config(**kwargs)
+    log(f"event invoke config of {props['FunctionName']} put from template resource {logical}")
+    r.physical[logical] = props["FunctionName"]
+    return {
+        "kind": "event_invoke_config",
+        "function": props["FunctionName"],
+        "destination_config": props.get("DestinationConfig"),
+        "maximum_retry_attempts": props.get("MaximumRetryAttempts"),
+        "logical_id": logical,
+    }
+
+
 SKIPPED_HANDLERS: dict[str, Callable[[Resolver, str, dict[str, Any]], dict[str, Any]]] = {
     "AWS::SecretsManager::Secret": create_secret,
     "AWS::Scheduler::Schedule": create_schedule,
     "AWS::Scheduler::ScheduleGroup": create_schedule_group,
+    "AWS::CloudWatch::Alarm": create_alarm,
+    "AWS::Lambda::EventInvokeConfig": create_event_invoke_config,
 }
 
 
@@ -754,6 +812,13 @@ def deploy(endpoint: str, stack_name: str, params: dict[str, str], recreate: boo
             ),
             key=lambda s: s["name"],
         ),
+        "alarms": sorted(
+            ({k: v for k, v in x.items() if k != "kind"} for x in filled if x["kind"] == "alarm"),
+            key=lambda a: a["name"],
+        ),
+        "event_invoke_configs": [
+            {k: v for k, v in x.items() if k != "kind"} for x in filled if x["kind"] == "event_invoke_config"
+        ],
         "queue_urls_on_endpoint": local_queue_urls,
         "created_outside_cloudformation": sorted(skipped),
         "property_fixups": fixups,

@@ -169,17 +169,22 @@ pub fn summary_text(s: &RunSummary, max_errors: Option<usize>) -> String {
     out
 }
 
-/// The runs table (the columns local-sync.sh's final summary shows).
-pub fn runs_table(runs: &[RunSummary]) -> String {
+/// The runs table (the columns local-sync.sh's final summary shows), with each run's health mark (`stuck`, `abandoned`) beside its status.
+pub fn runs_table_marked(runs: &[RunSummary], health: &[Option<&str>]) -> String {
     let rows: Vec<Vec<String>> = runs
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             let c = &s.counts;
+            let status = match health.get(i).copied().flatten() {
+                Some(h) => format!("{} ({h})", s.status.as_str()),
+                None => s.status.as_str().to_string(),
+            };
             vec![
                 s.connection.clone(),
                 s.source.clone(),
                 s.object_type.clone(),
-                s.status.as_str().to_string(),
+                status,
                 c.created.to_string(),
                 c.updated.to_string(),
                 c.unchanged.to_string(),
@@ -279,7 +284,7 @@ mod tests {
 
     #[test]
     fn table_has_the_columns() {
-        let t = runs_table(&[summary()]);
+        let t = runs_table_marked(&[summary()], &[Some("stuck")]);
         let header = t.lines().next().unwrap();
         for c in [
             "connection",
@@ -298,5 +303,6 @@ mod tests {
             assert!(header.contains(c), "{header}");
         }
         assert!(t.lines().nth(2).unwrap().contains("12"), "{t}");
+        assert!(t.contains("(stuck)"), "a stuck run is marked: {t}");
     }
 }

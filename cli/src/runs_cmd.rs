@@ -34,13 +34,30 @@ pub async fn run(g: &Global, cmd: RunsCmd) -> anyhow::Result<()> {
                         .with_context(|| format!("reading run {}", r.run_id))?,
                 );
             }
+            let now_s = chrono::Utc::now().timestamp();
+            let health: Vec<Option<&str>> = items
+                .iter()
+                .map(|r| assetsync::runs::health(r, now_s))
+                .collect();
             if g.json {
-                output::json(&summaries)
+                // The summaries, each with `health` (`stuck`, `abandoned`) when it has one.
+                let docs: Vec<serde_json::Value> = summaries
+                    .iter()
+                    .zip(&health)
+                    .map(|(s, h)| {
+                        let mut v = serde_json::to_value(s).unwrap_or_default();
+                        if let (Some(h), Some(o)) = (h, v.as_object_mut()) {
+                            o.insert("health".into(), json!(h));
+                        }
+                        v
+                    })
+                    .collect();
+                output::json(&docs)
             } else {
                 if summaries.is_empty() {
                     eprintln!("no runs yet");
                 } else {
-                    print!("{}", output::runs_table(&summaries));
+                    print!("{}", output::runs_table_marked(&summaries, &health));
                 }
                 Ok(())
             }

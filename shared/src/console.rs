@@ -482,6 +482,13 @@ pub struct RedriveReport {
     pub unreadable: u64,
     /// The run's status after the redrive.
     pub status: String,
+    /// A newer run of the connection that has started since: the redrive was not applied (the
+    /// old run's pages would be imported over what the newer run wrote), DLQ left as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
+    /// What the redrive did, in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Put a run's dead-lettered pages back on the records queue: every DLQ message that is a page of
@@ -495,13 +502,23 @@ pub async fn redrive(
     records_queue_url: &str,
     run_id: &str,
 ) -> Result<RedriveReport, ConsoleError> {
-    if runs.get(run_id).await?.is_none() {
+    let Some(run) = runs.get(run_id).await? else {
         return Err(ConsoleError::NoRun(run_id.to_string()));
-    }
+    };
     let mut report = RedriveReport {
         run_id: run_id.to_string(),
         ..Default::default()
     };
+    // Only where still meaningful: a newer run of the connection has its own, fresher values.
+    if let Some(newer) = runs.newer_run(&run).await? {
+        report.status = run.status.clone();
+        report.message = Some(format!(
+            "not redriven: a newer run ({newer}) of {} has started since; its pages stay in the dead-letter queue",
+            run.connection
+        ));
+        report.superseded_by = Some(newer);
+        return Ok(report);
+    }
     let mut held: Vec<String> = Vec::new();
     let result = redrive_loop(
         runs,

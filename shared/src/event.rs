@@ -147,6 +147,10 @@ impl ConnectionEvent {
 pub struct Continuation {
     pub event: ConnectionEvent,
     pub run_id: String,
+    /// A finish check (a delayed watchdog that re-arms itself until the run ends) rather than a
+    /// cursor hand-over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub check: bool,
 }
 
 /// What the records queue carries: one page (or one chunk of a page) of mapped records.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex};
 
-use crate::error::SyncError;
+use crate::error::{AwsError, SyncError};
 
 static ANY: AtomicBool = AtomicBool::new(false);
 static ARMED: LazyLock<Mutex<HashMap<String, u32>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
@@ -43,4 +43,20 @@ pub fn hit(name: &str) -> Result<(), SyncError> {
         }
         _ => Ok(()),
     }
+}
+
+/// A crash point inside the AWS adapters: `Err` when armed.
+pub fn hit_aws(name: &str) -> Result<(), AwsError> {
+    hit(name).map_err(|e| AwsError::Item(e.to_string()))
+}
+
+/// An error point: `Err` when armed, like a failed AWS call (the handler notices and cleans up,
+/// unlike a crash).
+pub fn hit_error(name: &str) -> Result<(), SyncError> {
+    hit(name).map_err(|_| SyncError::Other(format!("simulated error at {name}")))
+}
+
+/// Whether `e` is a simulated crash (the handler must not clean up after it: a dead Lambda can't).
+pub fn is_crash(e: &SyncError) -> bool {
+    ANY.load(Ordering::Relaxed) && e.to_string().contains("simulated crash at ")
 }

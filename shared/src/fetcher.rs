@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::error::DisplayErrorContext;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use crate::connectors::{self, Connector, ConnectorContext, Cursor, StateStore};
 use crate::error::{chain, AwsError, ConnectorError, SyncError};
 use crate::event::{Action, ConnectionEvent, Continuation, PageMessage};
 use crate::http::HttpCounts;
 use crate::mapping::{MappedRecord, Mapping};
-use crate::runs::{RunItem, Runs, Start};
+use crate::runs::{new_token, RunItem, Runs, Settled, Start};
 use crate::secrets::SecretCache;
 use crate::settings::Settings;
 use crate::state::DynamoState;
@@ -21,8 +22,6 @@ use crate::summary::RecordError;
 
 /// SQS's message limit is 256 KiB; keep a margin for attributes and encoding.
 pub const MAX_MESSAGE_BYTES: usize = 250 * 1024;
-/// Retryable fetch failures tolerated per run before it is failed.
-const MAX_FETCH_FAILURES: u32 = 5;
 
 /// What the fetcher is built from, once per cold start.
 pub struct Fetcher {
@@ -100,16 +99,36 @@ impl Fetcher {
                     SyncError::Event(format!("fetch-queue message is not a continuation: {e}"))
                 })?;
                 cont.event.validate()?;
-                out.push(
-                    serde_json::to_value(self.continue_run(&cont, deadline).await?)
-                        .unwrap_or(Value::Null),
-                );
+                let span = tracing::error_span!("run", run_id = %cont.run_id, connection = %cont.event.connection);
+                let res = async {
+                    let r = if cont.check {
+                        Box::pin(self.check(&cont, deadline)).await
+                    } else {
+                        Box::pin(self.continue_run(&cont, deadline)).await
+                    };
+                    // The top-level error line, inside the run's span (run_id, connection).
+                    r.inspect_err(
+                        |e| tracing::error!(error = %chain(e), "fetcher invocation failed"),
+                    )
+                }
+                .instrument(span)
+                .await?;
+                out.push(res);
             }
             return Ok(json!({ "continued": out }));
         }
         let event = ConnectionEvent::parse(payload)?;
         match event.action {
-            Action::Sync => self.sync(&event, deadline).await,
+            Action::Sync => {
+                let span = tracing::error_span!("run", connection = %event.connection, run_id = tracing::field::Empty);
+                async {
+                    Box::pin(self.sync(&event, deadline)).await.inspect_err(
+                        |e| tracing::error!(error = %chain(e), "fetcher invocation failed"),
+                    )
+                }
+                .instrument(span)
+                .await
+            }
             Action::Sample => self.sample(&event).await,
             Action::Test => Ok(self.test(&event).await),
         }
@@ -161,12 +180,19 @@ impl Fetcher {
     ) -> Result<Value, SyncError> {
         let mapping = resolve_mapping(event)?;
         let connector = self.connector(event, &mapping, false).await?;
-        let run = match self.runs.start(event).await {
-            Ok(Start::New(r)) | Ok(Start::Resume(r)) => r,
-            Err(e @ SyncError::AlreadyRunning { .. }) => {
-                let run_id = match &e {
-                    SyncError::AlreadyRunning { run_id, .. } => run_id.clone(),
-                    _ => String::new(),
+        let token = new_token();
+        let (run, resumed) = match self.runs.start(event, &token).await {
+            Ok(Start::New(r)) => (r, false),
+            Ok(Start::Resume(r)) => (r, true),
+            Err(SyncError::AlreadyRunning {
+                run_id,
+                connection,
+                started_at,
+            }) => {
+                let e = SyncError::AlreadyRunning {
+                    run_id: run_id.clone(),
+                    connection,
+                    started_at,
                 };
                 return Ok(
                     json!({"started": false, "running_run_id": run_id, "message": e.to_string()}),
@@ -174,8 +200,12 @@ impl Fetcher {
             }
             Err(e) => return Err(e),
         };
-        tracing::info!(run_id = %run.run_id, connection = %event.connection, "sync run started");
-        self.fetch_loop(event, &mapping, connector, run, deadline)
+        tracing::Span::current().record("run_id", run.run_id.as_str());
+        tracing::info!(resumed, "sync run started");
+        // The watchdog: whatever dies from here on, this delayed check ends or resumes the run.
+        self.send_continuation(event, &run.run_id, true, self.settings.finish_check_seconds)
+            .await?;
+        self.fetch_loop(event, &mapping, connector, run, &token, deadline)
             .await
     }
 
@@ -197,24 +227,111 @@ impl Fetcher {
                 json!({"run_id": run.run_id, "status": run.status, "message": "nothing left to fetch"}),
             );
         }
-        if !self.runs.heartbeat(&run).await? {
+        let token = new_token();
+        let Some(run) = self.runs.claim(&run.run_id, &token).await? else {
             return Ok(
-                json!({"run_id": run.run_id, "message": "another fetcher holds this connection's lease"}),
+                json!({"run_id": run.run_id, "message": "another fetcher holds this run's lease"}),
             );
-        }
+        };
         let mapping = resolve_mapping(&cont.event)?;
         let connector = self.connector(&cont.event, &mapping, false).await?;
-        self.fetch_loop(&cont.event, &mapping, connector, run, deadline)
+        self.fetch_loop(&cont.event, &mapping, connector, run, &token, deadline)
             .await
+    }
+
+    /// A run's finish check: end the run if it can end, resume its fetch if its fetcher died,
+    /// and otherwise look again later. It re-arms itself until the run has ended, so every run
+    /// ends in bounded time even when no importer or start ever calls `try_finish`.
+    pub async fn check(
+        &self,
+        cont: &Continuation,
+        deadline: Option<Instant>,
+    ) -> Result<Value, SyncError> {
+        let Some(run) = self.runs.get(&cont.run_id).await? else {
+            return Ok(json!({"run_id": cont.run_id, "message": "no such run"}));
+        };
+        if run.status != "running" {
+            return Ok(json!({"run_id": run.run_id, "status": run.status, "message": "ended"}));
+        }
+        crate::telemetry::emit_running_age(&run);
+        if run.fetch_complete {
+            return match self.runs.settle(&run.run_id).await? {
+                Settled::Ended(r) => self.summary_value(&r, None).await,
+                Settled::Open(r) => {
+                    self.rearm(cont).await?;
+                    self.summary_value(&r, Some("waiting for its pages to be imported"))
+                        .await
+                }
+            };
+        }
+        // Look again later in any case: the re-armed check outlives whatever happens next.
+        self.rearm(cont).await?;
+        let token = new_token();
+        let Some(run) = self.runs.claim(&run.run_id, &token).await? else {
+            return Ok(json!({"run_id": run.run_id, "message": "its fetcher is alive"}));
+        };
+        tracing::warn!(
+            page = run.next_page,
+            "the run's fetcher died: resuming from its checkpoint"
+        );
+        let mapping = resolve_mapping(&cont.event)?;
+        let connector = self.connector(&cont.event, &mapping, false).await?;
+        self.fetch_loop(&cont.event, &mapping, connector, run, &token, deadline)
+            .await
+    }
+
+    async fn rearm(&self, cont: &Continuation) -> Result<(), SyncError> {
+        crate::failpoint::hit("fetcher.before_rearm")?;
+        self.send_continuation(
+            &cont.event,
+            &cont.run_id,
+            true,
+            self.settings.finish_check_seconds,
+        )
+        .await?;
+        Ok(())
     }
 
     async fn fetch_loop(
         &self,
         event: &ConnectionEvent,
         mapping: &Mapping,
+        connector: Box<dyn Connector>,
+        run: RunItem,
+        token: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Value, SyncError> {
+        let beat = Heartbeat::start(&self.runs, &run.run_id, token);
+        let res = Box::pin(self.fetch_pages(
+            event,
+            mapping,
+            connector,
+            run.clone(),
+            token,
+            deadline,
+            &beat,
+        ))
+        .await;
+        beat.stop();
+        if res.as_ref().is_err_and(|e| !crate::failpoint::is_crash(e)) {
+            // An error (not a crash): give the lease up so the next try resumes at once.
+            if let Err(e) = self.runs.disown(&run.run_id, token).await {
+                tracing::warn!(error = %chain(&e), "could not give up the run's lease");
+            }
+        }
+        res
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_pages(
+        &self,
+        event: &ConnectionEvent,
+        mapping: &Mapping,
         mut connector: Box<dyn Connector>,
         mut run: RunItem,
+        token: &str,
         deadline: Option<Instant>,
+        beat: &Heartbeat,
     ) -> Result<Value, SyncError> {
         let mut cursor: Option<Cursor> = match &run.cursor {
             Some(c) => Some(Cursor(serde_json::from_str(c).map_err(|e| {
@@ -224,17 +341,28 @@ impl Fetcher {
         };
         let mut last_http = HttpCounts::default();
         let mut reread_secret = false;
+        // Connectors (and their retry waits) aim to return a page by `page_deadline`, leaving the
+        // reserve to send it and checkpoint. A page is never cut here (a page always longer than
+        // the budget would never progress); one that outlives the Lambda dies with it, and its
+        // run is resumed from the checkpoint once its heartbeat-less lease runs out.
+        let page_deadline =
+            deadline.map(|d| d.checked_sub(self.settings.time_reserve).unwrap_or(d));
         loop {
-            if let Some(d) = deadline {
-                if d.saturating_duration_since(Instant::now()) < self.settings.time_reserve {
-                    self.hand_over(event, &run.run_id, 0).await?;
-                    tracing::info!(run_id = %run.run_id, page = run.next_page, "time budget low: handed over to the fetch queue");
-                    return self
-                        .summary_value(&run, Some("continuing through the fetch queue"))
-                        .await;
-                }
+            if page_deadline.is_some_and(|d| d <= Instant::now()) {
+                return self.hand_over_now(event, &run, token).await;
             }
-            let page = match connector.fetch_page(cursor.as_ref()).await {
+            if beat.lost() {
+                return self.lost(&run).await;
+            }
+            let fetch = connectors::with_page_deadline(
+                page_deadline,
+                connector.fetch_page(cursor.as_ref()),
+            );
+            let page = tokio::select! {
+                p = fetch => p,
+                _ = beat.wait_lost() => return self.lost(&run).await,
+            };
+            let page = match page {
                 Ok(p) => p,
                 Err(ConnectorError::Auth { .. }) if !reread_secret => {
                     // The credential may have been rotated: read the secret afresh and retry once.
@@ -243,8 +371,9 @@ impl Fetcher {
                     last_http = HttpCounts::default();
                     continue;
                 }
-                Err(e) => return self.fetch_failed(event, &run, e).await,
+                Err(e) => return self.fetch_failed(event, &run, token, e).await,
             };
+            crate::failpoint::hit("fetcher.after_fetch")?;
             let page_no = run.next_page;
             let raw_count = page.records.len() as u64;
             let (records, skipped) = map_page(
@@ -254,8 +383,25 @@ impl Fetcher {
                 event.object_type,
             );
             drop(page.records);
-            let chunks = split_page(&run, event, page_no, records, skipped)?;
-            for body in &chunks {
+            // A re-fetch of a page whose chunks were planned (and maybe partly sent) before a
+            // crash splits into the same chunk ids.
+            let planned = (run.planned_page == Some(page_no))
+                .then_some(run.planned_chunks)
+                .flatten();
+            let chunks = split_page(&run, event, page_no, records, skipped, planned)?;
+            if !self
+                .runs
+                .plan_chunks(&run.run_id, token, page_no, chunks.len() as u32)
+                .await?
+            {
+                return self.lost(&run).await;
+            }
+            crate::failpoint::hit("fetcher.after_plan")?;
+            crate::failpoint::hit_error("fetcher.send_error")?;
+            for (i, body) in chunks.iter().enumerate() {
+                if beat.lost() {
+                    return self.lost(&run).await;
+                }
                 self.sqs
                     .send_message()
                     .queue_url(&self.settings.records_queue_url)
@@ -266,6 +412,9 @@ impl Fetcher {
                         op: "SendMessage",
                         detail: DisplayErrorContext(e).to_string(),
                     })?;
+                if i == 0 {
+                    crate::failpoint::hit("fetcher.between_sends")?;
+                }
             }
             crate::failpoint::hit("fetcher.after_send")?;
             let http = connector.http_counts();
@@ -277,18 +426,24 @@ impl Fetcher {
             };
             last_http = http;
             let next_text = page.next.as_ref().map(|c| c.0.to_string());
-            run = self
+            let Some(next_run) = self
                 .runs
                 .checkpoint(
                     &run.run_id,
+                    token,
                     page_no,
                     chunks.len() as u64,
                     raw_count,
                     next_text,
                     page.total,
                     delta,
+                    self.settings.import_horizon_seconds,
                 )
-                .await?;
+                .await?
+            else {
+                return self.lost(&run).await;
+            };
+            run = next_run;
             crate::failpoint::hit("fetcher.after_checkpoint")?;
             if page.served_by.is_some() && page.served_by != run.served_by {
                 if let Some(v) = &page.served_by {
@@ -296,29 +451,77 @@ impl Fetcher {
                     run.served_by = Some(v.clone());
                 }
             }
-            self.runs.heartbeat(&run).await?;
-            tracing::info!(run_id = %run.run_id, page = page_no, records = raw_count, messages = chunks.len(), "page sent");
+            tracing::info!(
+                page = page_no,
+                records = raw_count,
+                messages = chunks.len(),
+                "page sent"
+            );
             cursor = page.next;
             if cursor.is_none() {
                 break;
             }
         }
         let run = self.runs.try_finish(&run.run_id).await?.unwrap_or(run);
+        crate::failpoint::hit("fetcher.after_finish")?;
         self.summary_value(&run, None).await
+    }
+
+    /// Hand the run's cursor to the fetch queue and give up the lease, so the continuation can
+    /// take the run over at once.
+    async fn hand_over_now(
+        &self,
+        event: &ConnectionEvent,
+        run: &RunItem,
+        token: &str,
+    ) -> Result<Value, SyncError> {
+        self.send_continuation(event, &run.run_id, false, 0).await?;
+        crate::failpoint::hit("fetcher.after_hand_over")?;
+        self.runs.disown(&run.run_id, token).await?;
+        tracing::info!(
+            page = run.next_page,
+            "time budget low: handed over to the fetch queue"
+        );
+        self.summary_value(run, Some("continuing through the fetch queue"))
+            .await
+    }
+
+    /// The run's lease went to another fetcher: stop without writing anything more.
+    async fn lost(&self, run: &RunItem) -> Result<Value, SyncError> {
+        tracing::warn!(
+            page = run.next_page,
+            "lost the run's lease to another fetcher: stopping"
+        );
+        let run = self
+            .runs
+            .get(&run.run_id)
+            .await?
+            .unwrap_or_else(|| run.clone());
+        self.summary_value(
+            &run,
+            Some("another fetcher took this run over; this one stopped"),
+        )
+        .await
     }
 
     async fn fetch_failed(
         &self,
         event: &ConnectionEvent,
         run: &RunItem,
+        token: &str,
         e: ConnectorError,
     ) -> Result<Value, SyncError> {
         let reason = chain(&e);
         if e.is_retryable() {
             let n = self.runs.note_fetch_failure(&run.run_id, &reason).await?;
-            if n < MAX_FETCH_FAILURES {
-                tracing::warn!(run_id = %run.run_id, failures = n, error = %reason, "fetch failed; retrying from the checkpoint");
-                self.hand_over(event, &run.run_id, 30 * n as i32).await?;
+            if n < self.settings.fetch_max_tries {
+                tracing::warn!(failures = n, error = %reason, "fetch failed; retrying from the checkpoint");
+                let delay = self.settings.fetch_retry_seconds.saturating_mul(n as i32);
+                self.send_continuation(event, &run.run_id, false, delay)
+                    .await?;
+                // Nobody (a finish check included) retries before the delay is up.
+                let until = chrono::Utc::now().timestamp() + i64::from(delay.clamp(0, 900)) - 1;
+                self.runs.hold_until(&run.run_id, token, until).await?;
                 return self
                     .summary_value(
                         run,
@@ -329,7 +532,7 @@ impl Fetcher {
                     .await;
             }
         }
-        tracing::error!(run_id = %run.run_id, error = %reason, "fetch failed; run failed");
+        tracing::error!(error = %reason, "fetch failed; run failed");
         self.runs
             .fail(run, &format!("fetch failed: {reason}"))
             .await?;
@@ -338,18 +541,21 @@ impl Fetcher {
             .get(&run.run_id)
             .await?
             .unwrap_or_else(|| run.clone());
+        crate::telemetry::emit_run(&run);
         self.summary_value(&run, None).await
     }
 
-    async fn hand_over(
+    async fn send_continuation(
         &self,
         event: &ConnectionEvent,
         run_id: &str,
+        check: bool,
         delay_secs: i32,
     ) -> Result<(), AwsError> {
         let body = serde_json::to_string(&Continuation {
             event: event.clone(),
             run_id: run_id.to_string(),
+            check,
         })
         .map_err(|e| AwsError::Item(e.to_string()))?;
         self.sqs
@@ -475,15 +681,27 @@ pub fn map_page(
     (records, skipped)
 }
 
-/// Split a page into message bodies under the SQS size limit (halving until each fits).
+/// A stable 64-bit FNV-1a hash (std's hasher may change between Rust releases).
+fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Split a page into message bodies under the SQS size limit, deterministically: each record
+/// (and each skipped entry) goes to chunk `hash(key) % n`, so a chunk's id names the same keys
+/// however the page is re-fetched. `n` is the smallest power of two whose chunks all fit, or
+/// `planned` when the page's chunks were planned before a crash (a re-fetch re-sends the same
+/// chunk ids). Empty chunks are sent too: the chunk count is the page's message count.
 pub fn split_page(
     run: &RunItem,
     event: &ConnectionEvent,
     page_no: u32,
     records: Vec<MappedRecord>,
     skipped: Vec<RecordError>,
+    planned: Option<u32>,
 ) -> Result<Vec<String>, SyncError> {
-    if records.is_empty() && skipped.is_empty() {
+    if records.is_empty() && skipped.is_empty() && planned.is_none() {
         return Ok(vec![]);
     }
     let make = |chunk: u32, records: Vec<MappedRecord>, skipped: Vec<RecordError>| PageMessage {
@@ -497,34 +715,210 @@ pub fn split_page(
         records,
         skipped,
     };
-    let mut parts = 1usize;
-    loop {
-        let per = records.len().div_ceil(parts).max(1);
-        let mut bodies = Vec::new();
-        let mut fits = true;
-        let groups: Vec<Vec<MappedRecord>> = if records.is_empty() {
-            vec![vec![]]
-        } else {
-            records.chunks(per).map(|c| c.to_vec()).collect()
-        };
-        for (i, group) in groups.into_iter().enumerate() {
-            let sk = if i == 0 { skipped.clone() } else { vec![] };
-            let body = serde_json::to_string(&make(i as u32, group, sk))
+    let rec_hash: Vec<u64> = records
+        .iter()
+        .map(|r| stable_hash(r.key.as_deref().unwrap_or_default()))
+        .collect();
+    let skip_hash: Vec<u64> = skipped.iter().map(|s| stable_hash(&s.key)).collect();
+    let items = (records.len() + skipped.len()).max(1);
+    let build = |parts: u32| -> Result<Option<Vec<String>>, SyncError> {
+        let mut recs: Vec<Vec<MappedRecord>> = vec![Vec::new(); parts as usize];
+        let mut skips: Vec<Vec<RecordError>> = vec![Vec::new(); parts as usize];
+        for (r, h) in records.iter().zip(&rec_hash) {
+            recs[(h % u64::from(parts)) as usize].push(r.clone());
+        }
+        for (s, h) in skipped.iter().zip(&skip_hash) {
+            skips[(h % u64::from(parts)) as usize].push(s.clone());
+        }
+        let mut bodies = Vec::with_capacity(parts as usize);
+        for (i, (r, s)) in recs.into_iter().zip(skips).enumerate() {
+            let body = serde_json::to_string(&make(i as u32, r, s))
                 .map_err(|e| SyncError::Other(e.to_string()))?;
             if body.len() > MAX_MESSAGE_BYTES {
-                fits = false;
-                break;
+                return Ok(None);
             }
             bodies.push(body);
         }
-        if fits {
-            return Ok(bodies);
+        Ok(Some(bodies))
+    };
+    if let Some(n) = planned.filter(|n| *n > 0) {
+        return build(n)?.ok_or_else(|| {
+            SyncError::Other(format!(
+                "page {page_no} grew since its chunks were planned ({n}): a chunk no longer fits in an SQS message"
+            ))
+        });
+    }
+    let mut parts = 1u32;
+    loop {
+        if let Some(b) = build(parts)? {
+            return Ok(b);
         }
-        if per == 1 {
+        if parts as usize >= items.next_power_of_two() * 2 {
             return Err(SyncError::Other(format!(
                 "a single record of page {page_no} is larger than an SQS message"
             )));
         }
         parts *= 2;
+    }
+}
+
+/// The heartbeat of one fetcher invocation: renews the run's short lease while the fetcher works
+/// (a slow page included) and flags the loss as soon as a renewal fails, so the fetcher stops.
+pub struct Heartbeat {
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    notify: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    /// Start renewing `token`'s lease on `run_id` every third of the lease.
+    pub fn start(runs: &Runs, run_id: &str, token: &str) -> Self {
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let every = Duration::from_millis((runs.lease_seconds.max(1) as u64 * 1000) / 3);
+        let (runs, run_id, token) = (runs.clone(), run_id.to_string(), token.to_string());
+        let (l, nf) = (lost.clone(), notify.clone());
+        let span = tracing::Span::current();
+        let task = tokio::spawn(
+            async move {
+                let mut failures = 0u32;
+                loop {
+                    tokio::time::sleep(every).await;
+                    let ok = match crate::failpoint::hit("fetcher.heartbeat") {
+                        Err(_) => Ok(false),
+                        Ok(()) => runs.renew(&run_id, &token).await,
+                    };
+                    match ok {
+                        Ok(true) => failures = 0,
+                        // Errors: a second one in a row could let the lease run out under us.
+                        Err(e) if failures == 0 => {
+                            failures += 1;
+                            tracing::warn!(error = %chain(&e), "lease renewal failed; retrying");
+                        }
+                        _ => {
+                            tracing::warn!("lease renewal refused: another fetcher owns the run");
+                            l.store(true, std::sync::atomic::Ordering::SeqCst);
+                            nf.notify_waiters();
+                            nf.notify_one();
+                            return;
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Heartbeat { lost, notify, task }
+    }
+
+    /// Whether the lease was lost.
+    pub fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Wait until the lease is lost.
+    pub async fn wait_lost(&self) {
+        if self.lost() {
+            return;
+        }
+        self.notify.notified().await;
+    }
+
+    /// Stop renewing.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run() -> RunItem {
+        serde_json::from_value(json!({
+            "run_id": "r1", "connection": "c", "source": "jamf", "object_type": "Hardware",
+            "mode": "create-update", "status": "running", "started_at": "2026-01-01T00:00:00Z",
+            "event": "{}"
+        }))
+        .expect("run")
+    }
+
+    fn event() -> ConnectionEvent {
+        ConnectionEvent::parse(json!({
+            "connection": "c", "source": "jamf", "secret_id": "s", "object_type": "Hardware"
+        }))
+        .expect("event")
+    }
+
+    fn rec(key: &str, pad: usize) -> MappedRecord {
+        let mut m = MappedRecord {
+            key: Some(key.into()),
+            ..Default::default()
+        };
+        m.attrs.insert("Notes".into(), "x".repeat(pad));
+        m
+    }
+
+    fn ids_of(bodies: &[String]) -> Vec<(u32, Vec<String>)> {
+        bodies
+            .iter()
+            .map(|b| {
+                let m: PageMessage = serde_json::from_str(b).expect("page");
+                let mut keys: Vec<String> =
+                    m.records.iter().filter_map(|r| r.key.clone()).collect();
+                keys.extend(m.skipped.iter().map(|s| s.key.clone()));
+                keys.sort();
+                (m.chunk, keys)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_key_lands_in_the_same_chunk_however_the_page_is_refetched() {
+        let records: Vec<MappedRecord> = (0..40).map(|i| rec(&format!("K{i}"), 20_000)).collect();
+        let first = split_page(&run(), &event(), 3, records.clone(), vec![], None).expect("split");
+        assert!(first.len() > 1, "the page had to be split");
+        // Re-fetched after a crash: the vendor now returns the records in another order, one
+        // fewer; with the recorded plan the same keys go to the same chunk ids.
+        let mut again: Vec<MappedRecord> = records.into_iter().rev().collect();
+        again.pop();
+        let n = first.len() as u32;
+        let second = split_page(&run(), &event(), 3, again, vec![], Some(n)).expect("split");
+        assert_eq!(second.len(), first.len());
+        for ((c1, k1), (c2, k2)) in ids_of(&first).into_iter().zip(ids_of(&second)) {
+            assert_eq!(c1, c2);
+            assert!(
+                k2.iter().all(|k| k1.contains(k)),
+                "chunk {c1}: {k2:?} ⊄ {k1:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn skipped_lists_split_like_records() {
+        // A wrong key path: every record is skipped, far more than one message can hold.
+        let skipped: Vec<RecordError> = (0..5000)
+            .map(|i| RecordError {
+                key: format!("id-{i} (a long device name to make the list large {i})"),
+                reason: "no usable `Serial Number` (missing, empty or a placeholder)".into(),
+            })
+            .collect();
+        let bodies = split_page(&run(), &event(), 0, vec![], skipped, None).expect("split");
+        assert!(bodies.len() > 1);
+        assert!(bodies.iter().all(|b| b.len() <= MAX_MESSAGE_BYTES));
+        let total: usize = ids_of(&bodies).iter().map(|(_, k)| k.len()).sum();
+        assert_eq!(total, 5000);
+    }
+
+    #[test]
+    fn a_record_larger_than_a_message_is_named() {
+        let e = split_page(&run(), &event(), 7, vec![rec("BIG", 300_000)], vec![], None)
+            .expect_err("too big");
+        assert!(e.to_string().contains("page 7"), "{e}");
     }
 }

@@ -305,7 +305,11 @@ impl VendorHttp {
                     format!("network error: {}", redact_url(&e.to_string())),
                 ),
             };
-            if attempt >= self.opts.max_attempts {
+            // A wait that would outlast the page's time budget ends the retries now: the fetcher
+            // retries the page later from its checkpoint (a delayed continuation).
+            let past_budget = crate::connectors::page_deadline()
+                .is_some_and(|d| std::time::Instant::now() + wait >= d);
+            if attempt >= self.opts.max_attempts || past_budget {
                 return Err(ConnectorError::Exhausted {
                     vendor,
                     path,

@@ -109,10 +109,6 @@ impl LocalRunner {
             }
             if fetched + imported == 0 {
                 idle_rounds += 1;
-                if run.all_pages_done() {
-                    // Every page is in but nobody finished (a crashed finisher): finish it now.
-                    self.fetcher.runs.try_finish(run_id).await?;
-                }
                 tokio::time::sleep(Duration::from_millis(if idle_rounds < 10 {
                     100
                 } else {

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +67,22 @@ pub struct RunItem {
     /// Which vendor API version served the run's pages (e.g. `computers-inventory v4`).
     #[serde(default)]
     pub served_by: Option<String>,
+    /// Token of the invocation that owns the fetch (one fetcher per run).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Until when (Unix seconds) the owner's lease lives; its heartbeat renews it while it
+    /// works. Deliberately not the table's TTL attribute.
+    #[serde(default)]
+    pub owner_until: i64,
+    /// Set when the fetch completes: by then (Unix seconds) every page has been imported or
+    /// dead-lettered, or its message was lost and the run is ended as abandoned.
+    #[serde(default)]
+    pub import_deadline: Option<i64>,
+    /// The chunk plan of the page being sent: page number and its number of chunks.
+    #[serde(default)]
+    pub planned_page: Option<u32>,
+    #[serde(default)]
+    pub planned_chunks: Option<u32>,
 }
 
 impl RunItem {
@@ -119,20 +135,44 @@ pub struct PageMarker {
     pub at: String,
 }
 
-/// The lease item.
+/// The connection's lease item (`L#<connection>` / `#`): which run is the connection's current
+/// one. It has no expiry of its own: whether that run is alive is read from the run item's
+/// `owner_until` (never the table's TTL attribute, which may delete it at any time).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Lease {
     run_id: String,
-    expires_at: i64,
     started_at: String,
 }
 
 /// What starting a sync found.
 pub enum Start {
-    /// A new run holds the lease.
+    /// A new run, owned by the caller's token.
     New(RunItem),
-    /// An interrupted run of this connection (its holder died) is resumed.
+    /// An interrupted run of this connection (its holder died) is resumed by the caller's token.
     Resume(RunItem),
+}
+
+/// What a run's page markers add up to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PageTotals {
+    pub pages_done: u64,
+    pub pages_dead: u64,
+    pub counts: Counts,
+    pub errors: Vec<RecordError>,
+}
+
+/// Where a run's end stands, as [`Runs::settle`] found it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settled {
+    /// The run has ended (now or before).
+    Ended(RunItem),
+    /// Still fetching, importing or being finished by someone alive.
+    Open(RunItem),
+}
+
+/// A fresh per-invocation lease token.
+pub fn new_token() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 /// The runs adapter.
@@ -207,47 +247,105 @@ impl Runs {
     }
 
     /// Start a run for `event`: take the connection's lease, or resume the run whose holder died.
-    pub async fn start(&self, event: &ConnectionEvent) -> Result<Start, SyncError> {
-        let now_s = Utc::now().timestamp();
+    /// Start a run for `event` under `token`: resume the connection's run whose holder died, end a
+    /// run that is complete (or whose pages are past saving) and start a new one, or say that a
+    /// live run holds the connection.
+    pub async fn start(&self, event: &ConnectionEvent, token: &str) -> Result<Start, SyncError> {
         let lease_pk = format!("L#{}", event.connection);
+        let busy = |run: &RunItem| SyncError::AlreadyRunning {
+            connection: event.connection.clone(),
+            run_id: run.run_id.clone(),
+            started_at: run.started_at.clone(),
+        };
+        let mut prev: Option<String> = None;
         if let Some(item) = self.store.get(&lease_pk, "#").await? {
             let lease: Lease = from_item(item)?;
+            prev = Some(lease.run_id.clone());
             let holder = self.get(&lease.run_id).await?;
-            if lease.expires_at > now_s {
-                if holder.as_ref().is_some_and(|r| r.status == "running") {
+            if holder.is_none() {
+                // The lease is written just before its run item: a start may be between the two.
+                let age = chrono::DateTime::parse_from_rfc3339(&lease.started_at)
+                    .map(|d| Utc::now().timestamp() - d.timestamp())
+                    .unwrap_or(i64::MAX);
+                if age < self.lease_seconds.clamp(5, 60) {
                     return Err(SyncError::AlreadyRunning {
                         connection: event.connection.clone(),
                         run_id: lease.run_id,
                         started_at: lease.started_at,
                     });
                 }
-            } else if let Some(run) = holder.filter(|r| r.status == "running") {
-                // The holder stopped heart-beating: take the lease over for the same run.
-                if self
-                    .take_lease(
-                        &event.connection,
-                        &run.run_id,
-                        &run.started_at,
-                        Some(lease.expires_at),
-                    )
-                    .await?
-                {
+            }
+            if let Some(run) = holder {
+                if run.status == "running" {
+                    let now_s = Utc::now().timestamp();
+                    if run.owner_until > now_s {
+                        return Err(busy(&run));
+                    }
                     if !run.fetch_complete {
-                        return Ok(Start::Resume(run));
+                        // Its fetcher died: take the run over from its checkpoint.
+                        return match self.claim(&run.run_id, token).await? {
+                            Some(r) => Ok(Start::Resume(r)),
+                            None => Err(busy(&run)),
+                        };
                     }
-                    if !run.all_pages_done() {
-                        // Fetched but never fully imported: its pages were lost with their messages.
-                        self.fail(&run, "abandoned: pages were fetched but never imported before the lease expired").await?;
+                    match self.settle(&run.run_id).await? {
+                        Settled::Ended(r) => {
+                            tracing::info!(run_id = %r.run_id, status = %r.status, "ended the connection's previous run before starting");
+                        }
+                        Settled::Open(r) => return Err(busy(&r)),
                     }
-                } else {
-                    return Err(SyncError::AlreadyRunning {
-                        connection: event.connection.clone(),
-                        run_id: run.run_id,
-                        started_at: run.started_at,
-                    });
                 }
             }
         }
+        let run = self.new_run(event, token)?;
+        let lease = to_item(
+            &lease_pk,
+            "#",
+            &Lease {
+                run_id: run.run_id.clone(),
+                started_at: run.started_at.clone(),
+            },
+        )?;
+        // The lease first, then the run: a crash between them leaves a lease naming no run,
+        // which the next start replaces (no transaction: moto's are not isolated, and a failed
+        // one there restores whole tables over concurrent writes).
+        let mut put_lease = self
+            .store
+            .ddb
+            .put_item()
+            .table_name(&self.store.table)
+            .set_item(Some(lease));
+        put_lease = match &prev {
+            // The previous run's end may have deleted its lease meanwhile.
+            Some(p) => put_lease
+                .condition_expression("attribute_not_exists(pk) OR run_id = :prev")
+                .expression_attribute_values(":prev", s(p)),
+            None => put_lease.condition_expression("attribute_not_exists(pk)"),
+        };
+        match put_lease.send().await {
+            Ok(_) => {}
+            Err(e) if is_condition_failed(&e) => {
+                return Err(SyncError::AlreadyRunning {
+                    connection: event.connection.clone(),
+                    run_id: "(another start won the lease just now)".into(),
+                    started_at: now(),
+                })
+            }
+            Err(e) => return Err(dyn_err("PutItem", e).into()),
+        }
+        crate::failpoint::hit("start.after_lease")?;
+        self.store
+            .ddb
+            .put_item()
+            .table_name(&self.store.table)
+            .set_item(Some(to_item("RUN", &run.run_id, &run)?))
+            .send()
+            .await
+            .map_err(|e| dyn_err("PutItem", e))?;
+        Ok(Start::New(run))
+    }
+
+    fn new_run(&self, event: &ConnectionEvent, token: &str) -> Result<RunItem, SyncError> {
         let started_at = now();
         let run_id = format!(
             "{}-{}-{:04x}",
@@ -255,8 +353,8 @@ impl Runs {
             event.connection,
             rand::random::<u16>()
         );
-        let run = RunItem {
-            run_id: run_id.clone(),
+        Ok(RunItem {
+            run_id,
             connection: event.connection.clone(),
             source: event.source.as_str().into(),
             object_type: event.object_type.as_str().into(),
@@ -265,7 +363,7 @@ impl Runs {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
             status: "running".into(),
-            started_at: started_at.clone(),
+            started_at,
             finished_at: None,
             pages_fetched: 0,
             pages_imported: 0,
@@ -284,91 +382,100 @@ impl Runs {
             fetch_failures: 0,
             finishing_at: None,
             served_by: None,
-        };
-        // The lease and the run item are written together: no run without its lease.
-        let lease = to_item(
-            &lease_pk,
-            "#",
-            &Lease {
-                run_id: run_id.clone(),
-                expires_at: now_s + self.lease_seconds,
-                started_at,
-            },
-        )?;
-        let put_lease = Put::builder()
-            .table_name(&self.store.table)
-            .set_item(Some(lease))
-            .condition_expression("attribute_not_exists(pk) OR expires_at < :now OR run_id = :free")
-            .expression_attribute_values(":now", n(now_s))
-            .expression_attribute_values(":free", s("-"))
-            .build()
-            .map_err(|e| AwsError::Item(e.to_string()))?;
-        let put_run = Put::builder()
-            .table_name(&self.store.table)
-            .set_item(Some(to_item("RUN", &run_id, &run)?))
-            .build()
-            .map_err(|e| AwsError::Item(e.to_string()))?;
-        let res = self
+            owner: Some(token.to_string()),
+            owner_until: Utc::now().timestamp() + self.lease_seconds,
+            import_deadline: None,
+            planned_page: None,
+            planned_chunks: None,
+        })
+    }
+
+    /// Take over a running, not fully fetched run whose owner's lease expired (or that `token`
+    /// already owns). Returns the run as owned, or `None` if someone else holds it.
+    pub async fn claim(&self, run_id: &str, token: &str) -> Result<Option<RunItem>, AwsError> {
+        let now_s = Utc::now().timestamp();
+        let out = self
             .store
             .ddb
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put_lease).build())
-            .transact_items(TransactWriteItem::builder().put(put_run).build())
+            .update_item()
+            .table_name(&self.store.table)
+            .key("pk", s("RUN"))
+            .key("sk", s(run_id))
+            .update_expression("SET #ow = :t, owner_until = :u")
+            .condition_expression(
+                "#st = :running AND fetch_complete = :no AND (#ow = :t OR attribute_not_exists(owner_until) OR owner_until < :now)",
+            )
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#ow", "owner")
+            .expression_attribute_values(":t", s(token))
+            .expression_attribute_values(":u", n(now_s + self.lease_seconds))
+            .expression_attribute_values(":now", n(now_s))
+            .expression_attribute_values(":running", s("running"))
+            .expression_attribute_values(":no", AttributeValue::Bool(false))
+            .return_values(ReturnValue::AllNew)
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(Start::New(run)),
-            Err(e) if is_condition_failed(&e) => Err(SyncError::AlreadyRunning {
-                connection: event.connection.clone(),
-                run_id: "(another start won the lease just now)".into(),
-                started_at: now(),
-            }),
-            Err(e) => Err(dyn_err("TransactWriteItems", e).into()),
+        match out {
+            Ok(o) => Ok(Some(from_item(o.attributes.unwrap_or_default())?)),
+            Err(e) if is_condition_failed(&e) => Ok(None),
+            Err(e) => Err(dyn_err("UpdateItem", e)),
         }
     }
 
-    async fn take_lease(
-        &self,
-        connection: &str,
-        run_id: &str,
-        started_at: &str,
-        expected_expiry: Option<i64>,
-    ) -> Result<bool, AwsError> {
+    /// Renew the lease `token` holds on a run; false if the token no longer owns it.
+    pub async fn renew(&self, run_id: &str, token: &str) -> Result<bool, AwsError> {
         let now_s = Utc::now().timestamp();
-        let item = to_item(
-            &format!("L#{connection}"),
-            "#",
-            &Lease {
-                run_id: run_id.into(),
-                expires_at: now_s + self.lease_seconds,
-                started_at: started_at.into(),
-            },
-        )?;
-        let mut req = self
+        let out = self
             .store
             .ddb
-            .put_item()
+            .update_item()
             .table_name(&self.store.table)
-            .set_item(Some(item));
-        req = match expected_expiry {
-            Some(exp) => req
-                .condition_expression("expires_at = :exp")
-                .expression_attribute_values(":exp", n(exp)),
-            None => req
-                .condition_expression("run_id = :r")
-                .expression_attribute_values(":r", s(run_id)),
-        };
-        match req.send().await {
+            .key("pk", s("RUN"))
+            .key("sk", s(run_id))
+            .update_expression("SET owner_until = :u")
+            .condition_expression("#st = :running AND #ow = :t")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#ow", "owner")
+            .expression_attribute_values(":t", s(token))
+            .expression_attribute_values(":u", n(now_s + self.lease_seconds))
+            .expression_attribute_values(":running", s("running"))
+            .send()
+            .await;
+        match out {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(dyn_err("PutItem", e)),
+            Err(e) => Err(dyn_err("UpdateItem", e)),
         }
     }
 
-    /// Extend the lease of a run that is still working.
-    pub async fn heartbeat(&self, run: &RunItem) -> Result<bool, AwsError> {
-        self.take_lease(&run.connection, &run.run_id, &run.started_at, None)
-            .await
+    /// Give up the lease `token` holds (a hand-over or an error), so the next invocation can
+    /// take the run over at once instead of waiting for the lease to expire.
+    pub async fn disown(&self, run_id: &str, token: &str) -> Result<(), AwsError> {
+        self.hold_until(run_id, token, 0).await
+    }
+
+    /// Give up the lease `token` holds as of `until` (Unix seconds): nobody takes the run over
+    /// before then (a delayed retry's continuation comes at that time).
+    pub async fn hold_until(&self, run_id: &str, token: &str, until: i64) -> Result<(), AwsError> {
+        let out = self
+            .store
+            .ddb
+            .update_item()
+            .table_name(&self.store.table)
+            .key("pk", s("RUN"))
+            .key("sk", s(run_id))
+            .update_expression("SET owner_until = :zero")
+            .condition_expression("#ow = :t")
+            .expression_attribute_names("#ow", "owner")
+            .expression_attribute_values(":t", s(token))
+            .expression_attribute_values(":zero", n(until))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(dyn_err("UpdateItem", e)),
+        }
     }
 
     /// Release the connection's lease if `run_id` holds it.
@@ -383,19 +490,65 @@ impl Runs {
             .map(|_| ())
     }
 
+    /// Record, before the first chunk of page `page_no` is sent, how many chunks it splits into,
+    /// so a re-fetch after a crash re-sends the same chunk ids. Conditional on `token`.
+    pub async fn plan_chunks(
+        &self,
+        run_id: &str,
+        token: &str,
+        page_no: u32,
+        chunks: u32,
+    ) -> Result<bool, AwsError> {
+        let out = self
+            .store
+            .ddb
+            .update_item()
+            .table_name(&self.store.table)
+            .key("pk", s("RUN"))
+            .key("sk", s(run_id))
+            .update_expression("SET planned_page = :p, planned_chunks = :c")
+            .condition_expression("#st = :running AND #ow = :t AND next_page = :p")
+            .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#ow", "owner")
+            .expression_attribute_values(":t", s(token))
+            .expression_attribute_values(":p", n(page_no))
+            .expression_attribute_values(":c", n(chunks))
+            .expression_attribute_values(":running", s("running"))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(dyn_err("UpdateItem", e)),
+        }
+    }
+
     /// Record that the fetcher sent `pages` messages for page `page_no` and where the next starts.
+    /// Conditional on `token` owning the run; the last page also gives the lease up and sets the
+    /// time by which every page must have been imported or dead-lettered (`import_deadline`).
+    /// `None`: the token lost the run (or the run moved on) and nothing was written.
     #[allow(clippy::too_many_arguments)]
     pub async fn checkpoint(
         &self,
         run_id: &str,
+        token: &str,
         page_no: u32,
         pages: u64,
         records: u64,
         cursor: Option<String>,
         vendor_total: Option<u64>,
         http: crate::http::HttpCounts,
-    ) -> Result<RunItem, AwsError> {
+        import_horizon_secs: i64,
+    ) -> Result<Option<RunItem>, AwsError> {
         let done = cursor.is_none();
+        let now_s = Utc::now().timestamp();
+        let mut expr = String::from(
+            "SET next_page = :np, fetch_complete = :done, #cur = :c, vendor_total = :vt, planned_page = :null, planned_chunks = :null",
+        );
+        if done {
+            expr.push_str(", owner_until = :zero, import_deadline = :idl");
+        }
+        expr.push_str(" ADD pages_fetched :p, records_fetched :r, vendor_requests :vr, throttled :th, throttle_wait_ms :tw");
         let mut req = self
             .store
             .ddb
@@ -403,36 +556,41 @@ impl Runs {
             .table_name(&self.store.table)
             .key("pk", s("RUN"))
             .key("sk", s(run_id))
-            .update_expression(
-                "SET next_page = :np, fetch_complete = :done, #cur = :c, vendor_total = :vt ADD pages_fetched :p, records_fetched :r, vendor_requests :vr, throttled :th, throttle_wait_ms :tw",
-            )
-            .condition_expression("next_page = :cur AND #st = :running")
+            .update_expression(expr)
+            .condition_expression("next_page = :cur AND #st = :running AND #ow = :tok")
             .expression_attribute_names("#st", "status")
             .expression_attribute_names("#cur", "cursor")
+            .expression_attribute_names("#ow", "owner")
+            .expression_attribute_values(":tok", s(token))
             .expression_attribute_values(":np", n(page_no + 1))
             .expression_attribute_values(":cur", n(page_no))
             .expression_attribute_values(":running", s("running"))
+            .expression_attribute_values(":null", AttributeValue::Null(true))
             .expression_attribute_values(":done", AttributeValue::Bool(done))
             .expression_attribute_values(":c", cursor.map(s).unwrap_or(AttributeValue::Null(true)))
-            .expression_attribute_values(":vt", vendor_total.map(n).unwrap_or(AttributeValue::Null(true)))
+            .expression_attribute_values(
+                ":vt",
+                vendor_total.map(n).unwrap_or(AttributeValue::Null(true)),
+            )
             .expression_attribute_values(":p", n(pages))
             .expression_attribute_values(":r", n(records))
             .return_values(ReturnValue::AllNew);
+        if done {
+            req = req
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":idl", n(now_s + import_horizon_secs));
+        }
         // `http` is the delta since the last checkpoint, so counters add up across continuations.
         req = req
             .expression_attribute_values(":vr", n(http.requests))
             .expression_attribute_values(":th", n(http.throttled))
             .expression_attribute_values(":tw", n(http.throttle_wait_ms));
-        let out = req.send().await.map_err(|e| {
-            if is_condition_failed(&e) {
-                AwsError::Item(format!("run {run_id} moved on (already checkpointed past page {page_no}, or no longer running)"))
-            } else {
-                dyn_err("UpdateItem", e)
-            }
-        })?;
-        from_item(out.attributes.unwrap_or_default())
+        match req.send().await {
+            Ok(out) => Ok(Some(from_item(out.attributes.unwrap_or_default())?)),
+            Err(e) if is_condition_failed(&e) => Ok(None),
+            Err(e) => Err(dyn_err("UpdateItem", e)),
+        }
     }
-
     /// Read a page marker.
     pub async fn marker(
         &self,
@@ -605,15 +763,49 @@ impl Runs {
 
     /// Finish a run whose pages are all accounted for: sweep missing records (only after a clean,
     /// complete fetch whose count agrees with the vendor's total), then set the final status.
-    /// Safe to call many times and concurrently; returns the run as it stands afterwards.
+    /// What a run's page markers add up to.
+    pub async fn page_totals(&self, run_id: &str) -> Result<PageTotals, AwsError> {
+        let mut t = PageTotals::default();
+        for (_, m) in self.markers(run_id).await? {
+            match m.status.as_str() {
+                "done" => t.pages_done += 1,
+                "dead" => t.pages_dead += 1,
+                _ => continue,
+            }
+            t.counts.add(&m.counts);
+            t.errors.extend(m.errors);
+        }
+        Ok(t)
+    }
+
+    /// Keys the imported pages of a run reported (for the missing sweep).
+    pub async fn seen_keys(&self, run_id: &str) -> Result<HashSet<String>, AwsError> {
+        let mut seen = HashSet::new();
+        for (_, m) in self.markers(run_id).await? {
+            if m.status == "done" {
+                seen.extend(m.seen);
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Finish a run whose pages are all accounted for: sweep missing records (only after a clean,
+    /// complete fetch whose count agrees with the vendor's total), then write the final status and
+    /// the counts its page markers add up to, once. Safe to call many times and concurrently;
+    /// returns the run as it stands afterwards.
     pub async fn try_finish(&self, run_id: &str) -> Result<Option<RunItem>, AwsError> {
         let Some(run) = self.get(run_id).await? else {
             return Ok(None);
         };
-        if run.status != "running" || !run.all_pages_done() {
+        if run.status != "running" || !run.fetch_complete {
             return Ok(Some(run));
         }
-        // Claim the finish so one finisher sweeps; a claim older than 5 minutes is abandoned.
+        let totals = self.page_totals(run_id).await?;
+        if totals.pages_done + totals.pages_dead < run.pages_fetched {
+            return Ok(Some(run));
+        }
+        // Claim the finish so one finisher sweeps; a claim older than two leases is a dead
+        // finisher's, and the next caller takes it over.
         let now_s = Utc::now().timestamp();
         let claim = self
             .store
@@ -626,7 +818,7 @@ impl Runs {
             .condition_expression("#st = :running AND (attribute_not_exists(finishing_at) OR finishing_at = :null OR finishing_at < :stale)")
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":now", n(now_s))
-            .expression_attribute_values(":stale", n(now_s - 300))
+            .expression_attribute_values(":stale", n(now_s - 2 * self.lease_seconds.max(1)))
             .expression_attribute_values(":running", s("running"))
             .expression_attribute_values(":null", AttributeValue::Null(true))
             .send()
@@ -636,54 +828,132 @@ impl Runs {
             Err(e) if is_condition_failed(&e) => return self.get(run_id).await,
             Err(e) => return Err(dyn_err("UpdateItem", e)),
         }
-        let (missing, message) = self.sweep_missing(&run).await?;
-        let status = if run.pages_dead > 0 || run.counts.errors > 0 {
+        crate::failpoint::hit_aws("finish.after_claim")?;
+        let (missing, message) = self.sweep_missing(&run, &totals).await?;
+        crate::failpoint::hit_aws("finish.after_sweep")?;
+        let status = if totals.pages_dead > 0 || totals.counts.errors > 0 {
             "succeeded_with_errors"
         } else {
             "succeeded"
         };
-        let mut req = self
+        let mut counts = totals.counts;
+        counts.missing = missing;
+        self.end(&run, status, &totals, counts, message).await
+    }
+
+    /// Write a run's end (conditional on it still running) and free its connection.
+    async fn end(
+        &self,
+        run: &RunItem,
+        status: &str,
+        totals: &PageTotals,
+        counts: Counts,
+        message: Option<String>,
+    ) -> Result<Option<RunItem>, AwsError> {
+        let req = self
             .store
             .ddb
             .update_item()
             .table_name(&self.store.table)
             .key("pk", s("RUN"))
-            .key("sk", s(run_id))
-            .update_expression("SET #st = :s, finished_at = :t, #cnt.#fm = :m, #msg = :msg")
+            .key("sk", s(&run.run_id))
+            .update_expression("SET #st = :s, finished_at = :t, #cnt = :c, pages_imported = :pi, pages_dead = :pd, #msg = :msg, owner_until = :zero")
             .condition_expression("#st = :running")
             .expression_attribute_names("#st", "status")
             .expression_attribute_names("#cnt", "counts")
-            .expression_attribute_names("#fm", "missing")
             .expression_attribute_names("#msg", "message")
             .expression_attribute_values(":s", s(status))
             .expression_attribute_values(":t", s(now()))
-            .expression_attribute_values(":m", n(missing))
+            .expression_attribute_values(
+                ":c",
+                serde_dynamo::to_attribute_value(counts).map_err(|e| AwsError::Item(e.to_string()))?,
+            )
+            .expression_attribute_values(":pi", n(totals.pages_done))
+            .expression_attribute_values(":pd", n(totals.pages_dead))
+            .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":running", s("running"))
+            .expression_attribute_values(
+                ":msg",
+                message.map(s).unwrap_or(AttributeValue::Null(true)),
+            )
             .return_values(ReturnValue::AllNew);
-        req = req.expression_attribute_values(
-            ":msg",
-            message.map(s).unwrap_or(AttributeValue::Null(true)),
-        );
         match req.send().await {
             Ok(out) => {
-                self.release(&run.connection, run_id).await?;
-                Ok(Some(from_item(out.attributes.unwrap_or_default())?))
+                crate::failpoint::hit_aws("finish.after_end")?;
+                self.release(&run.connection, &run.run_id).await?;
+                let ended: RunItem = from_item(out.attributes.unwrap_or_default())?;
+                crate::telemetry::emit_run(&ended);
+                Ok(Some(ended))
             }
-            Err(e) if is_condition_failed(&e) => self.get(run_id).await,
+            Err(e) if is_condition_failed(&e) => self.get(&run.run_id).await,
             Err(e) => Err(dyn_err("UpdateItem", e)),
         }
+    }
+
+    /// Bring a fully fetched run to its end if it can be: finish it when every page is in, or
+    /// fail it when its import deadline passed with pages neither imported nor dead-lettered
+    /// (their messages were lost). A run still fetching is left alone.
+    pub async fn settle(&self, run_id: &str) -> Result<Settled, AwsError> {
+        let run = self
+            .try_finish(run_id)
+            .await?
+            .ok_or_else(|| AwsError::Item(format!("run {run_id} does not exist")))?;
+        if run.status != "running" {
+            return Ok(Settled::Ended(run));
+        }
+        let now_s = Utc::now().timestamp();
+        if run.fetch_complete && run.import_deadline.is_some_and(|d| d < now_s) {
+            let totals = self.page_totals(run_id).await?;
+            let lost = run
+                .pages_fetched
+                .saturating_sub(totals.pages_done + totals.pages_dead);
+            let msg = format!(
+                "abandoned: {lost} of {} page(s) were neither imported nor dead-lettered by the import deadline; no record was marked missing",
+                run.pages_fetched
+            );
+            tracing::warn!(run_id = %run.run_id, lost, "run abandoned");
+            let counts = totals.counts;
+            return Ok(
+                match self.end(&run, "failed", &totals, counts, Some(msg)).await? {
+                    Some(r) if r.status != "running" => Settled::Ended(r),
+                    Some(r) => Settled::Open(r),
+                    None => Settled::Open(run),
+                },
+            );
+        }
+        Ok(Settled::Open(run))
+    }
+
+    /// The newer run of `run`'s connection that has started since, if any.
+    pub async fn newer_run(&self, run: &RunItem) -> Result<Option<String>, AwsError> {
+        let Some(item) = self
+            .store
+            .get(&format!("L#{}", run.connection), "#")
+            .await?
+        else {
+            return Ok(None);
+        };
+        let lease: Lease = from_item(item)?;
+        Ok(
+            (lease.run_id != run.run_id && lease.started_at >= run.started_at)
+                .then_some(lease.run_id),
+        )
     }
 
     /// Mark the connection's records not seen in this run as missing. Returns how many this run
     /// marked (counted by the `mr` field, so a repeated sweep counts the same), and a note when
     /// the sweep was skipped.
-    async fn sweep_missing(&self, run: &RunItem) -> Result<(u64, Option<String>), AwsError> {
-        if run.pages_dead > 0 {
+    async fn sweep_missing(
+        &self,
+        run: &RunItem,
+        totals: &PageTotals,
+    ) -> Result<(u64, Option<String>), AwsError> {
+        if totals.pages_dead > 0 {
             return Ok((
                 0,
                 Some(format!(
                     "{} page(s) dead-lettered: no record was marked missing",
-                    run.pages_dead
+                    totals.pages_dead
                 )),
             ));
         }
@@ -698,10 +968,17 @@ impl Runs {
                 ));
             }
         }
-        let mut seen = HashSet::new();
-        for (_, m) in self.markers(&run.run_id).await? {
-            seen.extend(m.seen);
+        if let Some(newer) = self.newer_run(run).await? {
+            // The membership now reflects a newer run: sweeping with it would mark what that run
+            // created as missing from this one.
+            return Ok((
+                0,
+                Some(format!(
+                    "a newer run ({newer}) of this connection has started: no record was marked missing"
+                )),
+            ));
         }
+        let seen = self.seen_keys(&run.run_id).await?;
         let prefix = format!("{}#", run.object_type);
         let members = self
             .store
@@ -783,7 +1060,7 @@ impl Runs {
             .build()
             .map_err(|e| AwsError::Item(e.to_string()))?;
         let mut expr =
-            "SET #st = :running, finished_at = :null, finishing_at = :null ADD pages_dead :minus"
+            "SET #st = :running, finished_at = :null, finishing_at = :null, import_deadline = :idl ADD pages_dead :minus"
                 .to_string();
         let mut run = Update::builder()
             .table_name(&self.store.table)
@@ -807,6 +1084,9 @@ impl Runs {
             .expression_attribute_values(":running", s("running"))
             .expression_attribute_values(":null", AttributeValue::Null(true))
             .expression_attribute_values(":minus", n(-1))
+            // The redriven page gets a fresh import deadline (the default horizon), so the run is
+            // not ended as abandoned while it is being imported.
+            .expression_attribute_values(":idl", n(Utc::now().timestamp() + 720 * 5 + 600))
             .build()
             .map_err(|e| AwsError::Item(e.to_string()))?;
         self.store
@@ -845,4 +1125,94 @@ pub fn member_item(connection: &str, object_type: &str, key: &str) -> Result<Ite
 /// Errors of a run, gathered for the summary.
 pub fn collect_errors(markers: &[(String, PageMarker)]) -> Vec<RecordError> {
     markers.iter().flat_map(|(_, m)| m.errors.clone()).collect()
+}
+
+/// Seconds after its start at which a run still `running` is called stuck in `runs list`.
+pub const STUCK_AFTER_SECONDS: i64 = 6 * 3600;
+
+/// How a run looks to an operator, beyond its status: `stuck` (running, but its fetcher died more
+/// than two minutes ago without being resumed, or it started hours ago), `abandoned` (its pages
+/// were lost: ended as such, or past its import deadline and about to be).
+pub fn health(run: &RunItem, now_s: i64) -> Option<&'static str> {
+    match run.status.as_str() {
+        "failed"
+            if run
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("abandoned")) =>
+        {
+            Some("abandoned")
+        }
+        "running" => {
+            let started = chrono::DateTime::parse_from_rfc3339(&run.started_at)
+                .map(|d| d.timestamp())
+                .unwrap_or(now_s);
+            if run.fetch_complete && run.import_deadline.is_some_and(|d| d < now_s) {
+                Some("abandoned")
+            } else if now_s - started > STUCK_AFTER_SECONDS
+                || (!run.fetch_complete && run.owner_until + 120 < now_s)
+            {
+                Some("stuck")
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(v: serde_json::Value) -> RunItem {
+        let mut base = serde_json::json!({
+            "run_id": "r1", "connection": "c", "source": "jamf", "object_type": "Hardware",
+            "mode": "create-update", "status": "running", "started_at": now(), "event": "{}"
+        });
+        if let (Some(b), Some(o)) = (base.as_object_mut(), v.as_object()) {
+            b.extend(o.clone());
+        }
+        serde_json::from_value(base).expect("run")
+    }
+
+    #[test]
+    fn runs_list_marks_stuck_and_abandoned_runs() {
+        let now_s = Utc::now().timestamp();
+        let live = run(serde_json::json!({"owner_until": now_s + 30}));
+        assert_eq!(health(&live, now_s), None);
+        let dead_fetcher = run(serde_json::json!({"owner_until": now_s - 600}));
+        assert_eq!(health(&dead_fetcher, now_s), Some("stuck"));
+        let old = run(
+            serde_json::json!({"started_at": "2020-01-01T00:00:00Z", "owner_until": now_s + 30}),
+        );
+        assert_eq!(health(&old, now_s), Some("stuck"));
+        let lost = run(serde_json::json!({"fetch_complete": true, "import_deadline": now_s - 1}));
+        assert_eq!(health(&lost, now_s), Some("abandoned"));
+        let importing =
+            run(serde_json::json!({"fetch_complete": true, "import_deadline": now_s + 100}));
+        assert_eq!(health(&importing, now_s), None);
+        let ended = run(
+            serde_json::json!({"status": "failed", "message": "abandoned: 2 of 5 page(s) ..."}),
+        );
+        assert_eq!(health(&ended, now_s), Some("abandoned"));
+    }
+
+    #[test]
+    fn the_lease_expiry_is_not_the_tables_ttl_attribute() {
+        let item = to_item(
+            "L#c",
+            "#",
+            &Lease {
+                run_id: "r".into(),
+                started_at: now(),
+            },
+        )
+        .expect("item");
+        assert!(!item.contains_key("expires_at"));
+        let r = serde_dynamo::to_item::<_, Item>(run(serde_json::json!({"owner_until": 5})))
+            .expect("run item");
+        assert!(!r.contains_key("expires_at"));
+        assert!(r.contains_key("owner_until"));
+    }
 }

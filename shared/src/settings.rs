@@ -25,6 +25,16 @@ pub struct Settings {
     /// TransactWriteItems snapshots and restores whole tables when a condition fails, which undoes
     /// concurrent writes (real DynamoDB transactions are isolated).
     pub importer_concurrency: usize,
+    /// Seconds between a run's finish checks (delayed fetch-queue messages that re-arm until
+    /// the run ends; at most 900, SQS's longest delay).
+    pub finish_check_seconds: i32,
+    /// Base delay before a failed fetch is retried (the n-th retry waits n times this).
+    pub fetch_retry_seconds: i32,
+    /// Tries of a failing fetch before the run fails.
+    pub fetch_max_tries: u32,
+    /// Seconds after the fetch completes by which every page has been imported or dead-lettered
+    /// (records queue visibility timeout x maxReceiveCount, plus a margin).
+    pub import_horizon_seconds: i64,
 }
 
 impl Settings {
@@ -50,7 +60,23 @@ impl Settings {
                 "SOURCE_PRECEDENCE",
                 "intune,endpoint-central,jamf,kandji,jumpcloud",
             )),
-            lease_seconds: var_or("LEASE_SECONDS", "900").parse().unwrap_or(900),
+            lease_seconds: var_or("LEASE_SECONDS", "60").parse().unwrap_or(60),
+            finish_check_seconds: var_or("FINISH_CHECK_SECONDS", "60")
+                .parse::<i32>()
+                .unwrap_or(60)
+                .clamp(1, 900),
+            fetch_retry_seconds: var_or("FETCH_RETRY_SECONDS", "30")
+                .parse::<i32>()
+                .unwrap_or(30)
+                .clamp(0, 900),
+            fetch_max_tries: var_or("FETCH_MAX_TRIES", "5").parse().unwrap_or(5).max(1),
+            // The records queue's visibility timeout (720 s) x maxReceiveCount, plus a margin.
+            import_horizon_seconds: get("IMPORT_HORIZON_SECONDS")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| {
+                    720 * i64::from(var_or("MAX_RECEIVE_COUNT", "5").parse::<u32>().unwrap_or(5))
+                        + 600
+                }),
             importer_concurrency: var_or("IMPORTER_CONCURRENCY", "4")
                 .parse()
                 .unwrap_or(4)

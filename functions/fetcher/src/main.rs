@@ -34,10 +34,11 @@ async fn main() -> Result<(), Error> {
     let fetcher = &fetcher;
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| async move {
         let deadline = deadline_instant(ev.context.deadline);
-        fetcher.handle(ev.payload, deadline).await.map_err(|e| {
-            tracing::error!(error = %chain(&e), "fetcher invocation failed");
-            HandlerError(e)
-        })
+        // A sync's or continuation's error is logged inside its run's span (run_id, connection).
+        fetcher
+            .handle(ev.payload, deadline)
+            .await
+            .map_err(HandlerError)
     }))
     .await
 }

@@ -296,6 +296,8 @@ pub struct EndpointCentral {
     detail_budget: usize,
     /// How long a cached detail is used whatever its marker says.
     detail_ttl: Duration,
+    /// Detail calls per minute (to fit a page's detail calls into its time budget).
+    detail_rate: u32,
     state: Arc<dyn StateStore>,
     connection: String,
     /// This instance's token; refreshes are single-flight behind the mutex.
@@ -824,6 +826,7 @@ impl EndpointCentral {
             detail_concurrency,
             detail_budget,
             detail_ttl,
+            detail_rate,
             state: ctx.state.clone(),
             connection: ctx.connection.clone(),
             token: tokio::sync::Mutex::new(None),
@@ -1365,6 +1368,16 @@ impl EndpointCentral {
             self.state.get_many(&keys).await?
         };
 
+        // The calls that fit in the page's time budget at the detail pace (less a fifth for the
+        // listing and the writes); the rest of the page follows under a cursor.
+        let budget = match crate::connectors::page_deadline() {
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                let fit = (left.as_secs_f64() * 0.8 * f64::from(self.detail_rate) / 60.0) as usize;
+                self.detail_budget.min(fit.max(1))
+            }
+            None => self.detail_budget,
+        };
         // (index, resource id, scan marker) of the computers whose detail must be fetched.
         let mut needed: Vec<(usize, String, String)> = Vec::new();
         let mut cut = None;
@@ -1390,7 +1403,7 @@ impl EndpointCentral {
                     }
                 }
                 _ => {
-                    if needed.len() >= self.detail_budget {
+                    if needed.len() >= budget {
                         cut = Some(i);
                         break;
                     }

@@ -137,7 +137,30 @@ pub struct ConnectorContext {
     pub state: Arc<dyn StateStore>,
 }
 
+tokio::task_local! {
+    static PAGE_DEADLINE: Option<std::time::Instant>;
+}
+
+/// Run a connector's `fetch_page` under a time budget: connectors and their HTTP retries read it
+/// with [`page_deadline`] and return what they have (or a retryable error) before it passes.
+pub async fn with_page_deadline<F: std::future::Future>(
+    deadline: Option<std::time::Instant>,
+    f: F,
+) -> F::Output {
+    PAGE_DEADLINE.scope(deadline, f).await
+}
+
+/// When the page being fetched must be back (the invocation's deadline less its reserve).
+pub fn page_deadline() -> Option<std::time::Instant> {
+    PAGE_DEADLINE.try_with(|d| *d).ok().flatten()
+}
+
 impl ConnectorContext {
+    /// The current page's time budget (see [`with_page_deadline`]).
+    pub fn page_deadline(&self) -> Option<std::time::Instant> {
+        page_deadline()
+    }
+
     /// A `config:` value.
     pub fn config(&self, name: &str) -> Option<&str> {
         self.config.get(name).map(String::as_str)
