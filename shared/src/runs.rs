@@ -94,9 +94,52 @@ impl RunItem {
         }
     }
 
-    /// Whether every fetched page has been imported or dead-lettered.
+    /// Whether every fetched page has been imported or dead-lettered, as the run item says (its
+    /// page counters are written when the run finishes; while it runs, use `all_pages_done_with`).
     pub fn all_pages_done(&self) -> bool {
         self.fetch_complete && self.pages_imported + self.pages_dead >= self.pages_fetched
+    }
+
+    /// Whether every fetched page has been imported or dead-lettered, by its page markers.
+    pub fn all_pages_done_with(&self, t: &PageTotals) -> bool {
+        self.fetch_complete && t.pages_done + t.pages_dead >= self.pages_fetched
+    }
+
+    /// The run as its page markers say it stands (counts and pages of a running run).
+    pub fn with_totals(&self, t: &PageTotals) -> RunItem {
+        let mut r = self.clone();
+        r.pages_imported = t.pages_done;
+        r.pages_dead = t.pages_dead;
+        let missing = r.counts.missing;
+        r.counts = t.counts;
+        r.counts.missing = missing;
+        r
+    }
+}
+
+/// What a run's page markers add up to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PageTotals {
+    pub pages_done: u64,
+    pub pages_dead: u64,
+    pub counts: Counts,
+    pub errors: Vec<RecordError>,
+}
+
+impl PageTotals {
+    /// Add up markers.
+    pub fn of(markers: &[(String, PageMarker)]) -> Self {
+        let mut t = PageTotals::default();
+        for (_, m) in markers {
+            match m.status.as_str() {
+                "done" => t.pages_done += 1,
+                "dead" => t.pages_dead += 1,
+                _ => continue,
+            }
+            t.counts.add(&m.counts);
+        }
+        t.errors = collect_errors(markers);
+        t
     }
 }
 
@@ -174,13 +217,33 @@ impl Runs {
             .collect()
     }
 
-    /// A run's summary with its errors (read from its page markers).
+    /// A run's summary: a running run's counts and errors are those of its page markers; a
+    /// finished run's counts are in its item, its errors in its markers.
     pub async fn summary(&self, run: &RunItem) -> Result<RunSummary, AwsError> {
-        let mut errors = Vec::new();
-        if run.counts.errors > 0 || run.pages_dead > 0 || run.counts.skipped > 0 {
-            errors = collect_errors(&self.markers(&run.run_id).await?);
+        let t = self.page_totals(&run.run_id).await?;
+        if run.status == "running" {
+            return Ok(run.with_totals(&t).to_summary(t.errors));
         }
-        Ok(run.to_summary(errors))
+        Ok(run.to_summary(t.errors))
+    }
+
+    /// What the run's page markers add up to.
+    pub async fn page_totals(&self, run_id: &str) -> Result<PageTotals, AwsError> {
+        Ok(PageTotals::of(&self.markers(run_id).await?))
+    }
+
+    /// The keys the run's pages reported (their page packs), for the missing sweep.
+    pub async fn seen_keys(&self, run_id: &str) -> Result<HashSet<String>, AwsError> {
+        let Some(run) = self.get(run_id).await? else {
+            return Ok(HashSet::new());
+        };
+        let mut seen = HashSet::new();
+        for (_, p) in self.store.packs(&run.connection, &run.object_type).await? {
+            if p.run == run_id {
+                seen.extend(p.entries.into_keys());
+            }
+        }
+        Ok(seen)
     }
 
     /// All page markers of a run.
@@ -231,7 +294,8 @@ impl Runs {
                     if !run.fetch_complete {
                         return Ok(Start::Resume(run));
                     }
-                    if !run.all_pages_done() {
+                    let totals = self.page_totals(&run.run_id).await?;
+                    if !run.all_pages_done_with(&totals) {
                         // Fetched but never fully imported: its pages were lost with their messages.
                         self.fail(&run, "abandoned: pages were fetched but never imported before the lease expired").await?;
                     }
@@ -468,8 +532,9 @@ impl Runs {
         }
     }
 
-    /// Count a planned page into its run, exactly once (marker `planned` → `done`/`dead` and the
-    /// run's counters move in one transaction). Returns false if it was already counted.
+    /// Record a planned page's outcome in its marker, exactly once (`planned` → `done`/`dead`,
+    /// with its counts and errors). Only this page writes its marker: no hot item, no transaction.
+    /// Returns false if it was already recorded.
     pub async fn complete_page(
         &self,
         run_id: &str,
@@ -478,13 +543,17 @@ impl Runs {
         dead: bool,
     ) -> Result<bool, AwsError> {
         let to = if dead { "dead" } else { "done" };
-        let mark = Update::builder()
+        let res = self
+            .store
+            .ddb
+            .update_item()
             .table_name(&self.store.table)
             .key("pk", s(format!("P#{run_id}")))
             .key("sk", s(page_id))
-            .update_expression("SET #st = :to, errors = :errs")
+            .update_expression("SET #st = :to, errors = :errs, #cnt = :cnt")
             .condition_expression("#st = :planned")
             .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#cnt", "counts")
             .expression_attribute_values(":to", s(to))
             .expression_attribute_values(":planned", s("planned"))
             .expression_attribute_values(
@@ -492,38 +561,18 @@ impl Runs {
                 serde_dynamo::to_attribute_value(&marker.errors)
                     .map_err(|e| AwsError::Item(e.to_string()))?,
             )
-            .build()
-            .map_err(|e| AwsError::Item(e.to_string()))?;
-        let counts = counts_values(":c_", &marker.counts);
-        let mut expr = String::from("ADD ");
-        expr.push_str(if dead {
-            "pages_dead :one"
-        } else {
-            "pages_imported :one"
-        });
-        let mut run = Update::builder()
-            .table_name(&self.store.table)
-            .key("pk", s("RUN"))
-            .key("sk", s(run_id));
-        for (name, v) in counts {
-            let field = name.trim_start_matches(":c_").to_string();
-            expr.push_str(&format!(", #cnt.#f_{field} {name}"));
-            run = run
-                .expression_attribute_names(format!("#f_{field}"), field)
-                .expression_attribute_values(name, v);
+            .expression_attribute_values(
+                ":cnt",
+                serde_dynamo::to_attribute_value(marker.counts)
+                    .map_err(|e| AwsError::Item(e.to_string()))?,
+            )
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(dyn_err("UpdateItem", e)),
         }
-        let run = run
-            .update_expression(expr)
-            .expression_attribute_names("#cnt", "counts")
-            .expression_attribute_values(":one", n(1))
-            .build()
-            .map_err(|e| AwsError::Item(e.to_string()))?;
-        self.store
-            .transact(vec![
-                TransactWriteItem::builder().update(mark).build(),
-                TransactWriteItem::builder().update(run).build(),
-            ])
-            .await
     }
 
     /// Mark a run failed (fetch error) and release its lease.
@@ -589,9 +638,14 @@ impl Runs {
         let Some(run) = self.get(run_id).await? else {
             return Ok(None);
         };
-        if run.status != "running" || !run.all_pages_done() {
+        if run.status != "running" || !run.fetch_complete {
             return Ok(Some(run));
         }
+        let totals = self.page_totals(run_id).await?;
+        if !run.all_pages_done_with(&totals) {
+            return Ok(Some(run));
+        }
+        let run = run.with_totals(&totals);
         // Claim the finish so one finisher sweeps; a claim older than 5 minutes is abandoned.
         let now_s = Utc::now().timestamp();
         let claim = self
@@ -628,15 +682,23 @@ impl Runs {
             .table_name(&self.store.table)
             .key("pk", s("RUN"))
             .key("sk", s(run_id))
-            .update_expression("SET #st = :s, finished_at = :t, #cnt.#fm = :m, #msg = :msg")
+            .update_expression("SET #st = :s, finished_at = :t, #cnt = :cnt, pages_imported = :pi, pages_dead = :pd, #msg = :msg")
             .condition_expression("#st = :running")
             .expression_attribute_names("#st", "status")
             .expression_attribute_names("#cnt", "counts")
-            .expression_attribute_names("#fm", "missing")
+            .expression_attribute_values(
+                ":cnt",
+                serde_dynamo::to_attribute_value(Counts {
+                    missing,
+                    ..run.counts
+                })
+                .map_err(|e| AwsError::Item(e.to_string()))?,
+            )
+            .expression_attribute_values(":pi", n(run.pages_imported))
+            .expression_attribute_values(":pd", n(run.pages_dead))
             .expression_attribute_names("#msg", "message")
             .expression_attribute_values(":s", s(status))
             .expression_attribute_values(":t", s(now()))
-            .expression_attribute_values(":m", n(missing))
             .expression_attribute_values(":running", s("running"))
             .return_values(ReturnValue::AllNew);
         req = req.expression_attribute_values(
@@ -677,10 +739,7 @@ impl Runs {
                 ));
             }
         }
-        let mut seen = HashSet::new();
-        for (_, m) in self.markers(&run.run_id).await? {
-            seen.extend(m.seen);
-        }
+        let seen = self.seen_keys(&run.run_id).await?;
         let prefix = format!("{}#", run.object_type);
         let members = self
             .store

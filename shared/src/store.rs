@@ -43,13 +43,124 @@ pub fn dyn_err<
     AwsError::Dynamo { op, detail }
 }
 
-/// Whether an SDK error is a failed condition.
+/// Whether an SDK error is a failed condition: `ConditionalCheckFailedException`, or a cancelled
+/// transaction whose cancellation reasons say `ConditionalCheckFailed`. A transaction cancelled
+/// for a conflict, throttling or a 5xx is not "already done": it must be retried.
 pub fn is_condition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
-    e.as_service_error()
-        .and_then(|s| s.code())
-        .is_some_and(|c| {
-            c == "ConditionalCheckFailedException" || c == "TransactionCanceledException"
-        })
+    let Some(se) = e.as_service_error() else {
+        return false;
+    };
+    match se.code() {
+        Some("ConditionalCheckFailedException") => true,
+        // The generic error carries the reasons only in its message ("... reasons [A, B]").
+        Some("TransactionCanceledException") => se
+            .message()
+            .and_then(|m| m.rsplit_once('[').map(|(_, r)| r.to_string()))
+            .is_some_and(|r| r.contains("ConditionalCheckFailed")),
+        _ => false,
+    }
+}
+
+/// Whether a failed TransactWriteItems was cancelled by a failed condition (typed reasons).
+pub fn is_transaction_condition_failed<R>(
+    e: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>,
+) -> bool {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError as T;
+    match e.as_service_error() {
+        Some(T::TransactionCanceledException(c)) => c
+            .cancellation_reasons()
+            .iter()
+            .any(|r| r.code() == Some("ConditionalCheckFailed")),
+        _ => false,
+    }
+}
+
+/// Error codes of DynamoDB that a later attempt may not meet (besides the SDK's own list).
+const TRANSIENT_CODES: &[&str] = &[
+    "TransactionConflictException",
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+];
+
+/// Classifies DynamoDB answers the SDK's standard retry leaves alone: `TransactionConflictException`
+/// on single writes, and transactions cancelled for `TransactionConflict` (not for a condition).
+#[derive(Debug, Default, Clone)]
+pub struct ConflictRetry;
+
+impl aws_smithy_runtime_api::client::retries::classifiers::ClassifyRetry for ConflictRetry {
+    fn classify_retry(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::InterceptorContext,
+    ) -> aws_smithy_runtime_api::client::retries::classifiers::RetryAction {
+        use aws_smithy_runtime_api::client::retries::classifiers::RetryAction;
+        let Some(resp) = ctx.response() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let Some(body) = resp.body().bytes() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return RetryAction::NoActionIndicated;
+        };
+        let ty = v.get("__type").and_then(|t| t.as_str()).unwrap_or_default();
+        let code = ty.rsplit('#').next().unwrap_or_default();
+        if TRANSIENT_CODES.contains(&code) {
+            return RetryAction::transient_error();
+        }
+        if code == "TransactionCanceledException" {
+            let reasons: Vec<&str> = v
+                .get("CancellationReasons")
+                .and_then(|r| r.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|r| r.get("Code").and_then(|c| c.as_str()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let condition = reasons.contains(&"ConditionalCheckFailed");
+            let transient = reasons.iter().any(|r| {
+                matches!(
+                    *r,
+                    "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded"
+                )
+            });
+            if transient && !condition {
+                return RetryAction::transient_error();
+            }
+        }
+        RetryAction::NoActionIndicated
+    }
+
+    fn name(&self) -> &'static str {
+        "assetsync DynamoDB conflicts"
+    }
+}
+
+/// The DynamoDB client configuration every handler uses: standard retries with backoff and jitter
+/// (throttling, 5xx), more attempts than the default, and conflicts classified as retryable.
+pub fn dynamo_config(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::config::Builder {
+    let fast = std::env::var("ASSETSYNC_FAST_RETRY").is_ok();
+    let retry = aws_sdk_dynamodb::config::retry::RetryConfig::standard()
+        .with_max_attempts(10)
+        .with_initial_backoff(std::time::Duration::from_millis(if fast { 5 } else { 50 }))
+        .with_max_backoff(std::time::Duration::from_millis(if fast {
+            200
+        } else {
+            5_000
+        }));
+    aws_sdk_dynamodb::config::Builder::from(sdk)
+        .retry_config(retry)
+        .retry_classifier(ConflictRetry)
+}
+
+/// Whether an error of ours is a permanent property of one record (too big, bad key), so the
+/// record is an error of the run; anything else fails the page, which SQS redelivers.
+pub fn is_record_error(e: &AwsError) -> bool {
+    matches!(e, AwsError::Dynamo { detail, .. } if detail.starts_with("ValidationException"))
+        || matches!(e, AwsError::Item(_))
 }
 
 /// String attribute value.
@@ -360,7 +471,7 @@ impl Store {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) if is_transaction_condition_failed(&e) => Ok(false),
             Err(e) => Err(dyn_err("TransactWriteItems", e)),
         }
     }
@@ -417,4 +528,130 @@ impl EmailEntry {
             .iter()
             .find(|(_, p)| p.status.is_empty() || p.status == "active")
     }
+}
+
+impl Store {
+    /// Read a page pack.
+    pub async fn pack(
+        &self,
+        connection: &str,
+        object_type: &str,
+        page_id: &str,
+    ) -> Result<Option<crate::pages::Pack>, AwsError> {
+        Ok(self
+            .get(&crate::pages::pack_pk(connection, object_type), page_id)
+            .await?
+            .map(|i| decode_pack(&i)))
+    }
+
+    /// Write a page pack unless a newer run wrote this page's pack. Returns whether it was written.
+    pub async fn put_pack(
+        &self,
+        connection: &str,
+        object_type: &str,
+        page_id: &str,
+        pack: &crate::pages::Pack,
+    ) -> Result<bool, AwsError> {
+        let (va, d) = pack.encode();
+        let item = HashMap::from([
+            (
+                "pk".to_string(),
+                s(crate::pages::pack_pk(connection, object_type)),
+            ),
+            ("sk".to_string(), s(page_id)),
+            ("run".to_string(), s(&pack.run)),
+            ("va".to_string(), s(va)),
+            ("d".to_string(), s(d)),
+        ]);
+        match self
+            .ddb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR #run <= :run")
+            .expression_attribute_names("#run", "run")
+            .expression_attribute_values(":run", s(&pack.run))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(dyn_err("PutItem", e)),
+        }
+    }
+
+    /// All page packs of a connection and object type.
+    pub async fn packs(
+        &self,
+        connection: &str,
+        object_type: &str,
+    ) -> Result<Vec<(String, crate::pages::Pack)>, AwsError> {
+        Ok(self
+            .query(
+                &crate::pages::pack_pk(connection, object_type),
+                None,
+                false,
+                None,
+            )
+            .await?
+            .into_iter()
+            .map(|i| {
+                let sk = i
+                    .get("sk")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                (sk, decode_pack(&i))
+            })
+            .collect())
+    }
+
+    /// A record as the register shows it: stored attributes, with each connection's volatile
+    /// values (check-in times) from its latest page pack where that connection owns them.
+    pub async fn live_record(
+        &self,
+        object_type: &str,
+        key: &str,
+    ) -> Result<Option<StoredRecord>, AwsError> {
+        let Some(mut rec) = self.record(object_type, key).await? else {
+            return Ok(None);
+        };
+        let conns: Vec<(String, String)> = rec
+            .w
+            .iter()
+            .map(|(c, m)| (c.clone(), m.pg.clone()))
+            .collect();
+        for (conn, pg) in conns {
+            let mut vals = self
+                .pack(&conn, object_type, &pg)
+                .await?
+                .map(|p| p.values(key))
+                .unwrap_or_default();
+            if vals.is_empty() {
+                // The key moved to another page since its last record write.
+                for (_, p) in self.packs(&conn, object_type).await? {
+                    if p.entries.contains_key(key) {
+                        vals = p.values(key);
+                        break;
+                    }
+                }
+            }
+            for (a, v) in vals {
+                if rec.p.get(&a).is_none_or(|p| p.c == conn) {
+                    rec.a.insert(a, v);
+                }
+            }
+        }
+        Ok(Some(rec))
+    }
+}
+
+fn decode_pack(i: &Item) -> crate::pages::Pack {
+    let get = |k: &str| {
+        i.get(k)
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default()
+    };
+    crate::pages::Pack::decode(&get("run"), &get("va"), &get("d"))
 }
