@@ -473,14 +473,14 @@ impl Importer {
             let email_updates = email_updates
                 .into_inner()
                 .unwrap_or_else(|p| p.into_inner());
-            let mut email_items = Vec::new();
             for (email, entry) in email_updates {
-                // Only what changed is written.
-                if emails.get(&email) != Some(&entry) {
-                    email_items.push(to_item(&format!("E#{email}"), "#", &entry)?);
+                // Only what changed, by attribute path.
+                let before = emails.get(&email).cloned().unwrap_or_default();
+                let change = crate::store::EmailChange::between(&before, &entry);
+                if !change.is_empty() {
+                    self.store.update_email(&email, change).await?;
                 }
             }
-            self.store.batch_put(email_items).await?;
         }
         if counted {
             // Last: the pack says "these records are as reported", so it follows their writes.

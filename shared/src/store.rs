@@ -655,3 +655,192 @@ fn decode_pack(i: &Item) -> crate::pages::Pack {
     };
     crate::pages::Pack::decode(&get("run"), &get("va"), &get("d"))
 }
+
+/// Most devices one email index item keeps waiting (beyond, they are not noted; ~40 KB).
+pub const MAX_WAITING: usize = 2000;
+/// Most people one email index item keeps.
+pub const MAX_PERSONS: usize = 200;
+
+/// Changes to one email index item, applied by attribute path so concurrent writers of other
+/// people or devices of the same email keep theirs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmailChange {
+    pub set_persons: Vec<(String, PersonRef)>,
+    pub remove_persons: Vec<String>,
+    pub add_waiting: Vec<String>,
+    pub remove_waiting: Vec<String>,
+}
+
+impl EmailChange {
+    /// What turns `old` into `new`.
+    pub fn between(old: &EmailEntry, new: &EmailEntry) -> Self {
+        EmailChange {
+            set_persons: new
+                .persons
+                .iter()
+                .filter(|(k, p)| old.persons.get(*k) != Some(p))
+                .map(|(k, p)| (k.clone(), p.clone()))
+                .collect(),
+            remove_persons: old
+                .persons
+                .keys()
+                .filter(|k| !new.persons.contains_key(*k))
+                .cloned()
+                .collect(),
+            add_waiting: new
+                .waiting
+                .keys()
+                .filter(|k| !old.waiting.contains_key(*k))
+                .cloned()
+                .collect(),
+            remove_waiting: old
+                .waiting
+                .keys()
+                .filter(|k| !new.waiting.contains_key(*k))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.set_persons.is_empty()
+            && self.remove_persons.is_empty()
+            && self.add_waiting.is_empty()
+            && self.remove_waiting.is_empty()
+    }
+}
+
+impl Store {
+    /// Apply changes to `E#<email>` by attribute path (bounded: past [`MAX_WAITING`] waiting
+    /// devices or [`MAX_PERSONS`] people, additions are dropped with a warning).
+    pub async fn update_email(&self, email: &str, change: EmailChange) -> Result<(), AwsError> {
+        // Expressions are limited to 4 KB: at most 40 paths a request.
+        let mut ops: Vec<(u8, String, Option<AttributeValue>)> = Vec::new();
+        for (k, p) in change.set_persons {
+            let v =
+                serde_dynamo::to_attribute_value(&p).map_err(|e| AwsError::Item(e.to_string()))?;
+            ops.push((0, k, Some(v)));
+        }
+        ops.extend(change.remove_persons.into_iter().map(|k| (1, k, None)));
+        ops.extend(change.add_waiting.into_iter().map(|k| (2, k, None)));
+        ops.extend(change.remove_waiting.into_iter().map(|k| (3, k, None)));
+        for chunk in ops.chunks(40) {
+            self.email_paths(email, chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    async fn email_paths(
+        &self,
+        email: &str,
+        mut ops: Vec<(u8, String, Option<AttributeValue>)>,
+    ) -> Result<(), AwsError> {
+        let pk = format!("E#{email}");
+        for _ in 0..4 {
+            if ops.is_empty() {
+                return Ok(());
+            }
+            let mut sets = Vec::new();
+            let mut removes = Vec::new();
+            let mut req = self
+                .ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(Self::key(&pk, "#")));
+            let adds_persons = ops.iter().any(|o| o.0 == 0);
+            let adds_waiting = ops.iter().any(|o| o.0 == 2);
+            for (i, (kind, key, v)) in ops.iter().enumerate() {
+                let name = format!("#k{i}");
+                req = req.expression_attribute_names(&name, key);
+                match kind {
+                    0 => {
+                        sets.push(format!("persons.{name} = :v{i}"));
+                        if let Some(v) = v {
+                            req = req.expression_attribute_values(format!(":v{i}"), v.clone());
+                        }
+                    }
+                    1 => removes.push(format!("persons.{name}")),
+                    2 => sets.push(format!("waiting.{name} = :t")),
+                    _ => removes.push(format!("waiting.{name}")),
+                }
+            }
+            if adds_waiting {
+                req = req.expression_attribute_values(":t", AttributeValue::Bool(true));
+            }
+            let mut expr = String::new();
+            if !sets.is_empty() {
+                expr.push_str("SET ");
+                expr.push_str(&sets.join(", "));
+            }
+            if !removes.is_empty() {
+                expr.push_str(" REMOVE ");
+                expr.push_str(&removes.join(", "));
+            }
+            let mut cond = "attribute_exists(persons) AND attribute_exists(waiting)".to_string();
+            if adds_waiting {
+                cond.push_str(" AND size(waiting) < :wcap");
+                req = req.expression_attribute_values(":wcap", n(MAX_WAITING));
+            }
+            if adds_persons {
+                cond.push_str(" AND size(persons) < :pcap");
+                req = req.expression_attribute_values(":pcap", n(MAX_PERSONS));
+            }
+            match req
+                .update_expression(expr.trim())
+                .condition_expression(cond)
+                .send()
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if is_condition_failed(&e) => {}
+                Err(e) => return Err(dyn_err("UpdateItem", e)),
+            }
+            // Why: no item (or maps) yet, or a cap reached.
+            let cur = self.get(&pk, "#").await?;
+            let has = |a: &str| cur.as_ref().is_some_and(|i| i.contains_key(a));
+            if !has("persons") || !has("waiting") {
+                let empty = AttributeValue::M(HashMap::new());
+                self.ddb
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(Self::key(&pk, "#")))
+                    .update_expression(
+                        "SET persons = if_not_exists(persons, :e), waiting = if_not_exists(waiting, :e)",
+                    )
+                    .expression_attribute_values(":e", empty)
+                    .send()
+                    .await
+                    .map_err(|e| dyn_err("UpdateItem", e))?;
+                continue;
+            }
+            let size = |a: &str| {
+                cur.as_ref()
+                    .and_then(|i| i.get(a))
+                    .and_then(|v| v.as_m().ok())
+                    .map_or(0, HashMap::len)
+            };
+            if size("waiting") >= MAX_WAITING {
+                tracing::warn!(
+                    email_len = email.len(),
+                    "email index: too many devices waiting for one email; not noting more"
+                );
+                ops.retain(|o| o.0 != 2);
+            }
+            if size("persons") >= MAX_PERSONS {
+                tracing::warn!(
+                    email_len = email.len(),
+                    "email index: too many people share one email; not adding more"
+                );
+                ops.retain(|o| o.0 != 0);
+            }
+        }
+        Err(AwsError::Dynamo {
+            op: "UpdateItem",
+            detail: format!(
+                "email index item E#… kept failing its conditions ({} changes)",
+                ops.len()
+            ),
+        })
+    }
+}
