@@ -469,6 +469,7 @@ impl Importer {
             }
             // Side items after the records: a crash in between is completed by the redelivery,
             // which finds this page's mark on each record it wrote.
+            crate::failpoint::hit("importer.after_records")?;
             self.store.batch_put(side).await?;
             let email_updates = email_updates
                 .into_inner()
