@@ -844,3 +844,99 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    use aws_smithy_runtime_api::client::interceptors::context::{Input, InterceptorContext};
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::client::retries::classifiers::{ClassifyRetry, RetryAction};
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    fn err(code: &str, message: &str) -> SdkError<PutItemError, HttpResponse> {
+        let meta = ErrorMetadata::builder().code(code).message(message).build();
+        SdkError::service_error(
+            PutItemError::generic(meta),
+            HttpResponse::new(StatusCode::try_from(400).unwrap(), SdkBody::empty()),
+        )
+    }
+
+    #[test]
+    fn only_a_failed_condition_means_already_done() {
+        assert!(is_condition_failed(&err(
+            "ConditionalCheckFailedException",
+            "The conditional request failed"
+        )));
+        let reasons =
+            "Transaction cancelled, please refer cancellation reasons for specific reasons";
+        assert!(is_condition_failed(&err(
+            "TransactionCanceledException",
+            &format!("{reasons} [None, ConditionalCheckFailed]")
+        )));
+        assert!(!is_condition_failed(&err(
+            "TransactionCanceledException",
+            &format!("{reasons} [None, TransactionConflict]")
+        )));
+        for code in [
+            "TransactionConflictException",
+            "ThrottlingException",
+            "ProvisionedThroughputExceededException",
+            "InternalServerError",
+        ] {
+            assert!(!is_condition_failed(&err(code, "x")), "{code}");
+        }
+    }
+
+    fn classify(status: u16, body: &str) -> RetryAction {
+        let mut ctx = InterceptorContext::new(Input::doesnt_matter());
+        ctx.set_response(HttpResponse::new(
+            StatusCode::try_from(status).unwrap(),
+            SdkBody::from(body.to_string()),
+        ));
+        ConflictRetry.classify_retry(&ctx)
+    }
+
+    #[test]
+    fn conflicts_are_retried_conditions_are_not() {
+        let ns = "com.amazonaws.dynamodb.v20120810#";
+        assert_eq!(
+            classify(
+                400,
+                &format!(
+                    r#"{{"__type":"{ns}TransactionConflictException","message":"Transaction is ongoing for the item"}}"#
+                )
+            ),
+            RetryAction::transient_error()
+        );
+        assert_eq!(
+            classify(
+                400,
+                &format!(
+                    r#"{{"__type":"{ns}TransactionCanceledException","message":"m","CancellationReasons":[{{"Code":"None"}},{{"Code":"TransactionConflict"}}]}}"#
+                )
+            ),
+            RetryAction::transient_error()
+        );
+        assert_eq!(
+            classify(
+                400,
+                &format!(
+                    r#"{{"__type":"{ns}TransactionCanceledException","message":"m","CancellationReasons":[{{"Code":"ConditionalCheckFailed"}},{{"Code":"None"}}]}}"#
+                )
+            ),
+            RetryAction::NoActionIndicated
+        );
+        assert_eq!(
+            classify(
+                400,
+                &format!(
+                    r#"{{"__type":"{ns}ConditionalCheckFailedException","message":"The conditional request failed"}}"#
+                )
+            ),
+            RetryAction::NoActionIndicated
+        );
+    }
+}
