@@ -474,14 +474,21 @@ impl Importer {
             let email_updates = email_updates
                 .into_inner()
                 .unwrap_or_else(|p| p.into_inner());
+            let mut new_items = Vec::new();
             for (email, entry) in email_updates {
-                // Only what changed, by attribute path.
+                // Only what changed: new items whole and batched, existing ones by attribute path.
                 let before = emails.get(&email).cloned().unwrap_or_default();
                 let change = crate::store::EmailChange::between(&before, &entry);
-                if !change.is_empty() {
+                if change.is_empty() {
+                    continue;
+                }
+                if before.absent {
+                    new_items.push(to_item(&format!("E#{email}"), "#", &entry)?);
+                } else {
                     self.store.update_email(&email, change).await?;
                 }
             }
+            self.store.batch_put(new_items).await?;
         }
         if counted {
             // Last: the pack says "these records are as reported", so it follows their writes.
@@ -554,7 +561,10 @@ impl Importer {
         for e in wanted {
             let entry = match items.get(&(format!("E#{e}"), "#".to_string())) {
                 Some(i) => crate::store::from_item(i.clone())?,
-                None => EmailEntry::default(),
+                None => EmailEntry {
+                    absent: true,
+                    ..Default::default()
+                },
             };
             out.insert(e, entry);
         }

@@ -511,6 +511,9 @@ pub struct EmailEntry {
     /// Hardware keys whose user email has no active person yet.
     #[serde(default)]
     pub waiting: BTreeMap<String, bool>,
+    /// Not stored: the item did not exist when read (a new one is written whole, in batches).
+    #[serde(skip)]
+    pub absent: bool,
 }
 
 /// What the email index remembers of a person.
