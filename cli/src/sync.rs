@@ -167,16 +167,15 @@ pub fn local_runner_for(target: &Target) -> LocalRunner {
         sqs.clone(),
         aws_sdk_secretsmanager::Client::new(&target.sdk),
     );
-    // Against moto, import one page at a time: moto's transactions are not isolated.
-    let mut settings = target.settings.clone();
-    settings.importer_concurrency = 1;
-    let importer = Importer::new(settings, ddb);
+    // The page path has no transaction, so the production concurrency is safe against moto too.
+    let importer = Importer::new(target.settings.clone(), ddb);
     LocalRunner {
         fetcher,
         importer,
         sqs,
         fetcher_budget: FETCHER_BUDGET,
         max_wait: MAX_WAIT,
+        workers: 1,
     }
 }
 

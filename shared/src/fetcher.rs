@@ -58,7 +58,8 @@ impl Fetcher {
     pub fn new(settings: Settings, sdk: &aws_config::SdkConfig) -> Self {
         Self::with_clients(
             settings,
-            aws_sdk_dynamodb::Client::new(sdk),
+            // Conflicts and throttling are retried with backoff, like the importer's.
+            aws_sdk_dynamodb::Client::from_conf(crate::store::dynamo_config(sdk).build()),
             aws_sdk_sqs::Client::new(sdk),
             aws_sdk_secretsmanager::Client::new(sdk),
         )

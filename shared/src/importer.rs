@@ -1,30 +1,73 @@
-//! The importer: one SQS message is one page of mapped records; it reads the current records in
-//! batches, writes only what changed, and counts the page into its run exactly once.
+//! The importer: one SQS message is one page of mapped records. It reads the page's pack (one
+//! small item: fingerprints and check-in times of the keys this page reported last run), reads
+//! only the records whose fingerprint moved, writes only what changed, and records the page's
+//! outcome in its own marker. Redelivered pages count nothing twice: each record write carries
+//! its run, page and outcome, so a retry counts and completes what the first try wrote.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::error::{chain, AwsError, SyncError};
-use crate::event::{ObjectType, PageMessage};
+use crate::event::{ConnectionEvent, ObjectType, PageMessage};
 use crate::infer;
-use crate::mapping::MappedRecord;
+use crate::mapping::{MappedRecord, Mapping, DEFAULT_VOLATILE};
 use crate::normalize;
+use crate::pages::{fingerprint, Pack, PackEntry};
 use crate::register::{
-    attr, decide, dedupe_page, Change, Decision, Provenance, SourceRef, StoredRecord, Writer,
+    attr, decide, dedupe_page, Change, Decision, Provenance, SourceRef, StoredRecord, WriteMark,
+    Writer,
 };
-use crate::runs::{member_item, now, PageMarker, Runs};
+use crate::runs::{member_item, now, PageMarker, RunItem, Runs};
 use crate::settings::Settings;
-use crate::store::{record_pk, to_item, EmailEntry, Item, PersonRef, Store};
+use crate::store::{is_record_error, record_pk, to_item, EmailEntry, Item, PersonRef, Store};
 use crate::summary::{Counts, RecordError};
+
+/// Longest record key the register accepts (DynamoDB allows 2048 bytes of partition key; the
+/// key also appears in sort keys and index items, which allow 1024).
+pub const MAX_KEY_BYTES: usize = 512;
+
+/// Time an invocation keeps in hand before its deadline to hand back unprocessed messages.
+pub const DEADLINE_RESERVE: Duration = Duration::from_secs(10);
 
 /// What the importer is built from, once per cold start.
 pub struct Importer {
     pub settings: Settings,
     pub store: Store,
     pub runs: Runs,
+}
+
+/// What writing one record came to.
+struct Applied {
+    /// `created`, `updated`, `duplicate`, `unchanged`, `not_found` or `superseded`.
+    outcome: &'static str,
+    /// History row owed: action and changes.
+    history: Option<(&'static str, Vec<Change>)>,
+    /// Whether the membership item must be (re)written.
+    member: bool,
+}
+
+fn outcome_name(o: &str) -> &'static str {
+    match o {
+        "created" => "created",
+        "duplicate" => "duplicate",
+        _ => "updated",
+    }
+}
+
+/// The volatile attributes of a run: its mapping's, or the defaults.
+fn volatile_of(run: Option<&RunItem>) -> BTreeSet<String> {
+    let mapping = run
+        .and_then(|r| serde_json::from_str::<ConnectionEvent>(&r.event).ok())
+        .and_then(|e| e.mapping)
+        .and_then(|m| Mapping::parse(&m).ok());
+    match mapping {
+        Some(m) => m.volatile,
+        None => DEFAULT_VOLATILE.iter().map(|a| a.to_string()).collect(),
+    }
 }
 
 impl Importer {
@@ -44,10 +87,40 @@ impl Importer {
 
     /// Handle an SQS batch; failed messages are reported for redelivery (ReportBatchItemFailures).
     pub async fn handle_batch(&self, event: SqsEvent) -> SqsBatchResponse {
+        self.handle_batch_until(event, None).await
+    }
+
+    /// Handle an SQS batch within a Lambda deadline: messages not done [`DEADLINE_RESERVE`] before
+    /// it are handed back as batch item failures instead of the whole invocation timing out.
+    pub async fn handle_batch_until(
+        &self,
+        event: SqsEvent,
+        deadline: Option<Instant>,
+    ) -> SqsBatchResponse {
+        let began = Instant::now();
+        let messages = event.records.len() as u64;
         let results: Vec<(String, bool)> = futures::stream::iter(event.records)
             .map(|m| async move {
                 let id = m.message_id.clone().unwrap_or_default();
-                let ok = self.handle_message(&m).await;
+                let ok = match deadline {
+                    None => self.handle_message(&m).await,
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        if left <= DEADLINE_RESERVE {
+                            tracing::warn!(message_id = %id, "deadline near: handing the page back to the queue");
+                            false
+                        } else {
+                            // A page cut short is a crash the page's design survives.
+                            match tokio::time::timeout(left - DEADLINE_RESERVE, self.handle_message(&m)).await {
+                                Ok(ok) => ok,
+                                Err(_) => {
+                                    tracing::warn!(message_id = %id, "deadline near: page interrupted, handed back to the queue");
+                                    false
+                                }
+                            }
+                        }
+                    }
+                };
                 (id, ok)
             })
             .buffer_unordered(self.settings.importer_concurrency.max(1))
@@ -59,6 +132,12 @@ impl Importer {
                 resp.add_failure(id);
             }
         }
+        crate::telemetry::emit_batch(&crate::telemetry::BatchMetrics {
+            messages,
+            failed: resp.batch_item_failures.len() as u64,
+            duration_ms: began.elapsed().as_millis() as u64,
+            ..Default::default()
+        });
         resp
     }
 
@@ -98,22 +177,21 @@ impl Importer {
 
     async fn mark_dead(&self, msg: &PageMessage, reason: &str) -> Result<(), AwsError> {
         let page_id = msg.page_id();
+        let errors = vec![RecordError {
+            key: format!("page {page_id}"),
+            reason: format!("dead-lettered after repeated failures: {reason}"),
+        }];
         let marker = PageMarker {
             status: "planned".into(),
-            counts: Counts::default(),
-            errors: vec![RecordError {
-                key: format!("page {page_id}"),
-                reason: format!("dead-lettered after repeated failures: {reason}"),
-            }],
-            seen: vec![],
             at: now(),
+            ..Default::default()
         };
         let plan = self.runs.plan(&msg.run_id, &page_id, &marker).await?;
         if plan.status == "planned" {
-            // Whatever was planned, a dead page counts no records: they are redriven later.
+            // A dead page counts no records: they are redriven later.
             let dead = PageMarker {
                 counts: Counts::default(),
-                errors: marker.errors.clone(),
+                errors,
                 ..plan
             };
             self.runs
@@ -124,278 +202,309 @@ impl Importer {
         Ok(())
     }
 
-    /// Import one page (idempotent: a redelivered page changes nothing and counts nothing).
+    /// Import one page (idempotent: a redelivered page changes nothing and counts nothing twice).
+    /// A page of an unknown run (hand-made, stray) is imported the same way, counted nowhere.
     pub async fn import_page(&self, msg: &PageMessage) -> Result<(), SyncError> {
         let page_id = msg.page_id();
-        if self.runs.get(&msg.run_id).await?.is_none() {
-            // A hand-made or stray page: its records are still worth importing, but there is no
-            // run to count them into (and no marker, so nothing pretends it was counted).
+        let run = self.runs.get(&msg.run_id).await?;
+        let counted = run.is_some();
+        if !counted {
             tracing::warn!(run_id = %msg.run_id, "page of an unknown run: importing its records without counting them");
-            return self.import_uncounted(msg).await;
         }
-        let existing = self.runs.marker(&msg.run_id, &page_id).await?;
-        if existing.as_ref().is_some_and(|m| m.status != "planned") {
-            self.runs.try_finish(&msg.run_id).await?;
+        let volatile = volatile_of(run.as_ref());
+        let ts = if counted {
+            let plan = match self.runs.marker(&msg.run_id, &page_id).await? {
+                Some(m) => m,
+                None => {
+                    let fresh = PageMarker {
+                        status: "planned".into(),
+                        at: now(),
+                        ..Default::default()
+                    };
+                    self.runs.plan(&msg.run_id, &page_id, &fresh).await?
+                }
+            };
+            if plan.status != "planned" {
+                self.finish(&msg.run_id).await?;
+                return Ok(());
+            }
+            // The first try's time: history rows of a redelivery land on the same keys.
+            plan.at
+        } else {
+            now()
+        };
+        crate::failpoint::hit("importer.after_plan")?;
+        let (counts, errors) = self
+            .write_page(msg, &page_id, &ts, &volatile, counted)
+            .await?;
+        crate::failpoint::hit("importer.after_writes")?;
+        if !counted {
             return Ok(());
         }
-        let ot = msg.object_type;
-        let (kept, dups) = dedupe_page(
-            msg.records
-                .iter()
-                .filter(|r| r.key.is_some())
-                .cloned()
-                .collect(),
-        );
-        let keys: Vec<String> = kept.iter().filter_map(|r| r.key.clone()).collect();
-        let stored = self.store.records(ot.as_str(), &keys).await?;
-        let precedence = self.settings.precedence.clone();
-        let writer = Writer {
-            connection: &msg.connection,
-            source: msg.source.as_str(),
-            run_id: &msg.run_id,
-            mode: msg.mode,
-            object_type: ot,
-            precedence: &precedence,
+        let done = PageMarker {
+            status: "done".into(),
+            counts,
+            errors,
+            seen: vec![],
+            at: ts,
         };
-
-        let mut counts = Counts {
-            skipped: msg.skipped.len() as u64,
-            duplicate: dups.len() as u64,
-            ..Default::default()
-        };
-        let mut errors: Vec<RecordError> = msg.skipped.clone();
-        let mut decisions = Vec::with_capacity(kept.len());
-        for r in &kept {
-            let d = decide(r, r.key.as_ref().and_then(|k| stored.get(k)), &writer);
-            decisions.push(d);
-        }
-        let emails = self.load_emails(ot, &kept, &decisions, &stored).await?;
-        // Assignment can turn an otherwise unchanged device into an update; decide it before counting.
-        let mut plans: Vec<(MappedRecord, Decision, Option<StoredRecord>)> = Vec::new();
-        for (r, d) in kept.into_iter().zip(decisions) {
-            let key = r.key.clone().unwrap_or_default();
-            let cur = stored.get(&key).cloned();
-            let d = match (d, &cur) {
-                (Decision::Unchanged, Some(c)) if ot == ObjectType::Hardware => {
-                    let merged = c.a.clone();
-                    let a = assignment_changes(&merged, c, &emails, &writer);
-                    if a.is_empty() {
-                        Decision::Unchanged
-                    } else {
-                        Decision::Update {
-                            changes: vec![],
-                            src_changed: false,
-                            duplicate: false,
-                        }
-                    }
-                }
-                (d, _) => d,
-            };
-            match &d {
-                Decision::Create => counts.created += 1,
-                Decision::Update {
-                    duplicate: true, ..
-                } => counts.duplicate += 1,
-                Decision::Update { .. } => counts.updated += 1,
-                Decision::Unchanged => counts.unchanged += 1,
-                Decision::NotFound => counts.not_found += 1,
-                Decision::Duplicate => counts.duplicate += 1,
-            }
-            plans.push((r, d, cur));
-        }
-        let seen: Vec<String> = keys
-            .iter()
-            .cloned()
-            .chain(dups.iter().filter_map(|d| d.key.clone()))
-            .collect();
-
-        let plan = match existing {
-            Some(p) => p,
-            None => {
-                let marker = PageMarker {
-                    status: "planned".into(),
-                    counts,
-                    errors: errors.clone(),
-                    seen,
-                    at: now(),
-                };
-                self.runs.plan(&msg.run_id, &page_id, &marker).await?
-            }
-        };
-
-        crate::failpoint::hit("importer.after_plan")?;
-        // Apply. Writes converge: a retry re-reads and re-decides, so nothing is written twice.
-        let mut history: Vec<Item> = Vec::new();
-        let mut members: Vec<Item> = Vec::new();
-        let email_updates: std::sync::Mutex<BTreeMap<String, EmailEntry>> =
-            std::sync::Mutex::new(BTreeMap::new());
-        let creates = plans
-            .iter()
-            .filter(|(_, d, _)| *d == Decision::Create)
-            .count() as u64;
-        let first_tag = if creates > 0 && ot == ObjectType::Hardware {
-            self.store.take_sequence("asset_tag", creates).await?
-        } else {
-            0
-        };
-        let ts = now();
-        // Records of a page are independent: write them with bounded concurrency.
-        let mut tag = first_tag;
-        let jobs: Vec<_> = plans
-            .into_iter()
-            .map(|(r, d, cur)| {
-                let t = tag;
-                if d == Decision::Create {
-                    tag += 1;
-                }
-                (r, d, cur, t)
-            })
-            .collect();
-        let results: Vec<_> = futures::stream::iter(jobs)
-            .map(|(r, d, cur, t)| {
-                let (writer, emails, email_updates, ts, page_id) =
-                    (&writer, &emails, &email_updates, &ts, &page_id);
-                async move {
-                    let res = self
-                        .apply(&r, d, cur, writer, emails, email_updates, t, ts, page_id)
-                        .await;
-                    (r, res)
-                }
-            })
-            .buffer_unordered(8)
-            .collect()
-            .await;
-        let email_updates = email_updates
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner());
-        for (r, res) in results {
-            let key = r.key.clone().unwrap_or_default();
-            match res {
-                Ok(Some((changes, member, action))) => {
-                    if !changes.is_empty() {
-                        history.push(history_item(
-                            ot, &key, &ts, &writer, &page_id, action, &changes,
-                        )?);
-                    }
-                    if member {
-                        members.push(member_item(&msg.connection, ot.as_str(), &key)?);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    // A record that cannot be written is an error of the run, not of the page.
-                    errors.push(RecordError {
-                        key: key.clone(),
-                        reason: chain(&e),
-                    });
-                }
-            }
-        }
-        self.store.batch_put(history).await?;
-        self.store.batch_put(members).await?;
-        let mut email_items = Vec::new();
-        for (email, entry) in email_updates {
-            email_items.push(to_item(&format!("E#{email}"), "#", &entry)?);
-        }
-        self.store.batch_put(email_items).await?;
-
-        let mut final_plan = plan;
-        let new_errors: Vec<RecordError> = errors
-            .into_iter()
-            .filter(|e| !final_plan.errors.contains(e))
-            .collect();
-        if !new_errors.is_empty() && final_plan.status == "planned" {
-            // Records that failed to write move from their planned outcome to `errors`.
-            let failed = new_errors.len() as u64;
-            final_plan.counts.errors += failed;
-            take_from_outcomes(&mut final_plan.counts, failed);
-            final_plan.errors.extend(new_errors);
-        }
-        crate::failpoint::hit("importer.after_writes")?;
-        let counted = self
+        let recorded = self
             .runs
-            .complete_page(&msg.run_id, &page_id, &final_plan, false)
+            .complete_page(&msg.run_id, &page_id, &done, false)
             .await?;
         crate::failpoint::hit("importer.after_count")?;
         tracing::info!(
-            counted,
-            created = final_plan.counts.created,
-            updated = final_plan.counts.updated,
-            unchanged = final_plan.counts.unchanged,
+            recorded,
+            created = counts.created,
+            updated = counts.updated,
+            unchanged = counts.unchanged,
             "page imported"
         );
-        self.runs.try_finish(&msg.run_id).await?;
+        self.finish(&msg.run_id).await?;
         Ok(())
     }
 
-    async fn import_uncounted(&self, msg: &PageMessage) -> Result<(), SyncError> {
-        let (kept, _) = dedupe_page(
-            msg.records
-                .iter()
-                .filter(|r| r.key.is_some())
-                .cloned()
-                .collect(),
-        );
-        let keys: Vec<String> = kept.iter().filter_map(|r| r.key.clone()).collect();
-        let stored = self.store.records(msg.object_type.as_str(), &keys).await?;
-        let precedence = self.settings.precedence.clone();
-        let w = Writer {
-            connection: &msg.connection,
-            source: msg.source.as_str(),
-            run_id: &msg.run_id,
-            mode: msg.mode,
-            object_type: msg.object_type,
-            precedence: &precedence,
+    /// Give the run a chance to end; once it ended after a clean, complete fetch, drop the packs
+    /// of pages it no longer has (so a key they list cannot pass for unchanged after a sweep).
+    async fn finish(&self, run_id: &str) -> Result<(), AwsError> {
+        let Some(run) = self.runs.try_finish(run_id).await? else {
+            return Ok(());
         };
-        let decisions: Vec<Decision> = kept
-            .iter()
-            .map(|r| decide(r, r.key.as_ref().and_then(|k| stored.get(k)), &w))
-            .collect();
-        let emails = self
-            .load_emails(msg.object_type, &kept, &decisions, &stored)
-            .await?;
-        let updates = std::sync::Mutex::new(BTreeMap::new());
-        let creates = decisions.iter().filter(|d| **d == Decision::Create).count() as u64;
-        let mut tag = if creates > 0 && msg.object_type == ObjectType::Hardware {
-            self.store.take_sequence("asset_tag", creates).await?
-        } else {
-            0
-        };
-        let ts = now();
-        let mut history = Vec::new();
-        for (r, d) in kept.iter().zip(decisions) {
-            let key = r.key.clone().unwrap_or_default();
-            let is_create = d == Decision::Create;
-            if let Some((changes, _, action)) = self
-                .apply(
-                    r,
-                    d,
-                    stored.get(&key).cloned(),
-                    &w,
-                    &emails,
-                    &updates,
-                    tag,
-                    &ts,
-                    "uncounted",
-                )
-                .await?
-            {
-                history.push(history_item(
-                    msg.object_type,
-                    &key,
-                    &ts,
-                    &w,
-                    "uncounted",
-                    action,
-                    &changes,
-                )?);
-            }
-            if is_create {
-                tag += 1;
+        if run.status == "running" || !run.fetch_complete || run.pages_dead > 0 {
+            return Ok(());
+        }
+        for (sk, p) in self.store.packs(&run.connection, &run.object_type).await? {
+            if p.run.as_str() < run_id {
+                self.store
+                    .delete(
+                        &crate::pages::pack_pk(&run.connection, &run.object_type),
+                        &sk,
+                        Some(("run = :r", vec![(":r", crate::store::s(&p.run))])),
+                    )
+                    .await
+                    .ok();
             }
         }
-        self.store.batch_put(history).await?;
         Ok(())
+    }
+
+    /// Read, decide and write one page's records; returns the page's counts and record errors.
+    async fn write_page(
+        &self,
+        msg: &PageMessage,
+        page_id: &str,
+        ts: &str,
+        volatile: &BTreeSet<String>,
+        counted: bool,
+    ) -> Result<(Counts, Vec<RecordError>), SyncError> {
+        let ot = msg.object_type;
+        let mut counts = Counts {
+            skipped: msg.skipped.len() as u64,
+            ..Default::default()
+        };
+        let mut errors: Vec<RecordError> = msg.skipped.clone();
+        let mut keyed = Vec::new();
+        for r in &msg.records {
+            match &r.key {
+                None => {}
+                Some(k) if k.len() > MAX_KEY_BYTES => {
+                    counts.skipped += 1;
+                    errors.push(RecordError {
+                        key: k.chars().take(40).collect::<String>() + "…",
+                        reason: format!(
+                            "key is {} bytes long; the register accepts keys up to {MAX_KEY_BYTES}",
+                            k.len()
+                        ),
+                    });
+                }
+                Some(_) => keyed.push(r.clone()),
+            }
+        }
+        let (kept, dups) = dedupe_page(keyed);
+        counts.duplicate += dups.len() as u64;
+
+        let prev = if counted {
+            self.store
+                .pack(&msg.connection, ot.as_str(), page_id)
+                .await?
+        } else {
+            None
+        };
+        // A pack of this very run means this is a redelivery: read every record, so the outcomes
+        // its first try wrote are counted as such.
+        let prev = prev.filter(|p| p.run.as_str() < msg.run_id.as_str());
+        let mut pack = Pack {
+            run: msg.run_id.clone(),
+            attrs: volatile.iter().cloned().collect(),
+            entries: BTreeMap::new(),
+        };
+        let mut slow = Vec::new();
+        for r in kept {
+            let key = r.key.clone().unwrap_or_default();
+            let fp = fingerprint(&r, volatile);
+            let vals: Vec<String> = pack
+                .attrs
+                .iter()
+                .map(|a| r.attrs.get(a).cloned().unwrap_or_default())
+                .collect();
+            let same = prev
+                .as_ref()
+                .and_then(|p| p.entries.get(&key))
+                .is_some_and(|e| e.settled && e.fp == fp);
+            if same {
+                counts.unchanged += 1;
+                pack.entries.insert(
+                    key,
+                    PackEntry {
+                        fp,
+                        settled: true,
+                        vals,
+                    },
+                );
+            } else {
+                pack.entries.insert(
+                    key,
+                    PackEntry {
+                        fp: 0,
+                        settled: false,
+                        vals,
+                    },
+                );
+                slow.push((r, fp));
+            }
+        }
+        for d in &dups {
+            if let Some(k) = &d.key {
+                pack.entries.entry(k.clone()).or_default();
+            }
+        }
+
+        if !slow.is_empty() {
+            let precedence = self.settings.precedence.clone();
+            let writer = Writer {
+                connection: &msg.connection,
+                source: msg.source.as_str(),
+                run_id: &msg.run_id,
+                mode: msg.mode,
+                object_type: ot,
+                precedence: &precedence,
+                volatile,
+            };
+            let keys: Vec<String> = slow.iter().filter_map(|(r, _)| r.key.clone()).collect();
+            let stored = self.store.records(ot.as_str(), &keys).await?;
+            let decisions: Vec<Decision> = slow
+                .iter()
+                .map(|(r, _)| decide(r, r.key.as_ref().and_then(|k| stored.get(k)), &writer))
+                .collect();
+            let records: Vec<MappedRecord> = slow.iter().map(|(r, _)| r.clone()).collect();
+            let emails = self.load_emails(ot, &records, &decisions, &stored).await?;
+            let creates = decisions.iter().filter(|d| **d == Decision::Create).count() as u64;
+            let mut tag = if creates > 0 && ot == ObjectType::Hardware {
+                self.store.take_sequence("asset_tag", creates).await?
+            } else {
+                0
+            };
+            let email_updates: std::sync::Mutex<BTreeMap<String, EmailEntry>> =
+                std::sync::Mutex::new(BTreeMap::new());
+            let jobs: Vec<_> = slow
+                .into_iter()
+                .zip(decisions)
+                .map(|((r, fp), d)| {
+                    let t = if d == Decision::Create && ot == ObjectType::Hardware {
+                        tag += 1;
+                        Some(tag - 1)
+                    } else {
+                        None
+                    };
+                    let cur = r.key.as_ref().and_then(|k| stored.get(k)).cloned();
+                    (r, fp, d, cur, t)
+                })
+                .collect();
+            let results: Vec<_> = futures::stream::iter(jobs)
+                .map(|(r, fp, d, cur, t)| {
+                    let (writer, emails, email_updates) = (&writer, &emails, &email_updates);
+                    async move {
+                        let res = self
+                            .apply(&r, d, cur, writer, emails, email_updates, t, ts, page_id)
+                            .await;
+                        (r, fp, res)
+                    }
+                })
+                .buffer_unordered(8)
+                .collect()
+                .await;
+            let mut side: Vec<Item> = Vec::new();
+            for (r, fp, res) in results {
+                let key = r.key.clone().unwrap_or_default();
+                match res {
+                    Ok(a) => {
+                        match a.outcome {
+                            "created" => counts.created += 1,
+                            "updated" => counts.updated += 1,
+                            "duplicate" => counts.duplicate += 1,
+                            "not_found" => counts.not_found += 1,
+                            _ => counts.unchanged += 1,
+                        }
+                        if let Some((action, changes)) = &a.history {
+                            if !changes.is_empty() {
+                                side.push(history_item(
+                                    ot, &key, ts, &writer, page_id, action, changes,
+                                )?);
+                            }
+                        }
+                        if a.member {
+                            side.push(member_item(&msg.connection, ot.as_str(), &key)?);
+                        }
+                        if matches!(a.outcome, "created" | "updated" | "unchanged") {
+                            if let Some(e) = pack.entries.get_mut(&key) {
+                                e.fp = fp;
+                                e.settled = true;
+                            }
+                        }
+                    }
+                    Err(SyncError::Aws(e)) if is_record_error(&e) => {
+                        // A property of this record (too big, malformed): an error of the run.
+                        counts.errors += 1;
+                        errors.push(RecordError {
+                            key,
+                            reason: chain(&e),
+                        });
+                    }
+                    // Anything else (throttling, conflicts, 5xx past the retries) fails the page:
+                    // SQS redelivers it, and what was written is counted by the retry.
+                    Err(e) => return Err(e),
+                }
+            }
+            // Side items after the records: a crash in between is completed by the redelivery,
+            // which finds this page's mark on each record it wrote.
+            crate::failpoint::hit("importer.after_records")?;
+            self.store.batch_put(side).await?;
+            let email_updates = email_updates
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner());
+            let mut new_items = Vec::new();
+            for (email, entry) in email_updates {
+                // Only what changed: new items whole and batched, existing ones by attribute path.
+                let before = emails.get(&email).cloned().unwrap_or_default();
+                let change = crate::store::EmailChange::between(&before, &entry);
+                if change.is_empty() {
+                    continue;
+                }
+                if before.absent {
+                    new_items.push(to_item(&format!("E#{email}"), "#", &entry)?);
+                } else {
+                    self.store.update_email(&email, change).await?;
+                }
+            }
+            self.store.batch_put(new_items).await?;
+        }
+        if counted {
+            // Last: the pack says "these records are as reported", so it follows their writes.
+            self.store
+                .put_pack(&msg.connection, ot.as_str(), page_id, &pack)
+                .await?;
+        }
+        Ok((counts, errors))
     }
 
     /// Read the email index entries this page needs: people's emails (to index them and resolve
@@ -460,15 +569,18 @@ impl Importer {
         for e in wanted {
             let entry = match items.get(&(format!("E#{e}"), "#".to_string())) {
                 Some(i) => crate::store::from_item(i.clone())?,
-                None => EmailEntry::default(),
+                None => EmailEntry {
+                    absent: true,
+                    ..Default::default()
+                },
             };
             out.insert(e, entry);
         }
         Ok(out)
     }
 
-    /// Write one record's decision. Returns the changes made, whether the membership item must be
-    /// written, and the history action; `None` when nothing was written.
+    /// Write one record's decision (re-deciding on a lost race), or, on a redelivery, report what
+    /// this page already wrote to it.
     #[allow(clippy::too_many_arguments)]
     async fn apply(
         &self,
@@ -478,13 +590,43 @@ impl Importer {
         w: &Writer<'_>,
         emails: &HashMap<String, EmailEntry>,
         email_updates: &std::sync::Mutex<BTreeMap<String, EmailEntry>>,
-        tag_no: u64,
+        mut tag_no: Option<u64>,
         ts: &str,
         page_id: &str,
-    ) -> Result<Option<(Vec<Change>, bool, &'static str)>, SyncError> {
+    ) -> Result<Applied, SyncError> {
         let ot = w.object_type;
         let key = r.key.clone().unwrap_or_default();
         for _attempt in 0..6 {
+            if let Some(c) = &cur {
+                if let Some(m) = c.w.get(w.connection) {
+                    if m.run == w.run_id && m.pg == page_id {
+                        // This page wrote it before it was interrupted: count and complete that.
+                        let history = if m.o == "created" {
+                            all_as_changes(c)
+                        } else {
+                            m.h.clone()
+                        };
+                        let o = outcome_name(&m.o);
+                        let action = if o == "created" { "created" } else { "updated" };
+                        return Ok(Applied {
+                            outcome: o,
+                            history: Some((action, history)),
+                            member: m.m,
+                        });
+                    }
+                }
+                if c.src
+                    .get(w.connection)
+                    .is_some_and(|s| s.run.as_str() > w.run_id)
+                {
+                    // A late page of an older run: a newer run of this connection wrote here.
+                    return Ok(Applied {
+                        outcome: "superseded",
+                        history: None,
+                        member: false,
+                    });
+                }
+            }
             let prov = Provenance {
                 c: w.connection.to_string(),
                 s: w.source.to_string(),
@@ -499,6 +641,16 @@ impl Importer {
             };
             match (&d, &cur) {
                 (Decision::Create, _) => {
+                    let tag = match tag_no {
+                        Some(t) => t,
+                        // A create that arose from a lost race takes a tag of its own.
+                        None if ot == ObjectType::Hardware => {
+                            let t = self.store.take_sequence("asset_tag", 1).await?;
+                            tag_no = Some(t);
+                            t
+                        }
+                        None => 0,
+                    };
                     let mut rec = StoredRecord {
                         object_type: ot.as_str().into(),
                         key: key.clone(),
@@ -518,7 +670,7 @@ impl Importer {
                     }
                     rec.src.insert(w.connection.to_string(), src.clone());
                     if ot == ObjectType::Hardware {
-                        let created = self.created_once(&rec.a, emails, w, tag_no);
+                        let created = self.created_once(&rec.a, emails, w, tag);
                         for (a, v) in created {
                             rec.a.insert(a.clone(), v);
                             rec.p.insert(a, prov.clone());
@@ -531,21 +683,26 @@ impl Importer {
                     if ot == ObjectType::Person {
                         self.index_person(&rec, None, emails, &mut lock(email_updates));
                     }
+                    rec.w.insert(
+                        w.connection.to_string(),
+                        WriteMark {
+                            run: w.run_id.to_string(),
+                            pg: page_id.to_string(),
+                            o: "created".into(),
+                            h: vec![],
+                            m: true,
+                        },
+                    );
                     if self.store.create_record(&rec).await? {
-                        let changes = rec
-                            .a
-                            .iter()
-                            .map(|(a, v)| Change {
-                                attr: a.clone(),
-                                old: None,
-                                new: v.clone(),
-                            })
-                            .collect();
                         if ot == ObjectType::Person {
                             self.assign_waiting(&rec, email_updates, w, ts, page_id)
                                 .await?;
                         }
-                        return Ok(Some((changes, true, "created")));
+                        return Ok(Applied {
+                            outcome: "created",
+                            history: Some(("created", all_as_changes(&rec))),
+                            member: true,
+                        });
                     }
                     // Someone created it meanwhile: decide again against what is there.
                     cur = self.store.record(ot.as_str(), &key).await?;
@@ -554,19 +711,18 @@ impl Importer {
                 (Decision::Update { .. } | Decision::Unchanged, Some(c)) => {
                     let mut rec = c.clone();
                     let mut changes = Vec::new();
+                    let mut dup = false;
                     if let Decision::Update {
                         changes: cs,
-                        src_changed,
+                        duplicate,
                         ..
                     } = &d
                     {
+                        dup = *duplicate;
                         for ch in cs {
                             rec.a.insert(ch.attr.clone(), ch.new.clone());
                             rec.p.insert(ch.attr.clone(), prov.clone());
                             changes.push(ch.clone());
-                        }
-                        if *src_changed || !cs.is_empty() {
-                            rec.src.insert(w.connection.to_string(), src.clone());
                         }
                     }
                     if ot == ObjectType::Hardware {
@@ -584,9 +740,39 @@ impl Importer {
                     if ot == ObjectType::Person {
                         self.index_person(&rec, Some(c), emails, &mut lock(email_updates));
                     }
-                    let src_written = rec.src != c.src;
-                    if changes.is_empty() && !src_written {
-                        return Ok(None);
+                    let src_changed = matches!(
+                        &d,
+                        Decision::Update {
+                            src_changed: true,
+                            ..
+                        }
+                    );
+                    if changes.is_empty() && !src_changed {
+                        return Ok(Applied {
+                            outcome: if matches!(
+                                d,
+                                Decision::Update {
+                                    duplicate: true,
+                                    ..
+                                }
+                            ) {
+                                "duplicate"
+                            } else {
+                                "unchanged"
+                            },
+                            history: None,
+                            member: false,
+                        });
+                    }
+                    // The record is written anyway: bring its volatile values along, silently.
+                    for (a, v) in &r.attrs {
+                        if w.volatile.contains(a)
+                            && rec.a.get(a) != Some(v)
+                            && w.may_overwrite(rec.p.get(a))
+                        {
+                            rec.a.insert(a.clone(), v.clone());
+                            rec.p.insert(a.clone(), prov.clone());
+                        }
                     }
                     let was_missing = c.src.get(w.connection).is_some_and(|s| s.missing.is_some());
                     if was_missing {
@@ -596,15 +782,31 @@ impl Importer {
                             new: String::new(),
                         });
                     }
+                    rec.src.insert(w.connection.to_string(), src.clone());
+                    let member = !c.src.contains_key(w.connection) || was_missing;
+                    let o = if dup { "duplicate" } else { "updated" };
+                    rec.w.insert(
+                        w.connection.to_string(),
+                        WriteMark {
+                            run: w.run_id.to_string(),
+                            pg: page_id.to_string(),
+                            o: o.into(),
+                            h: changes.clone(),
+                            m: member,
+                        },
+                    );
                     let expected = rec.ver;
                     rec.ver += 1;
                     if self.store.replace_record(&rec, expected).await? {
-                        let member = !c.src.contains_key(w.connection) || was_missing;
                         if ot == ObjectType::Person {
                             self.assign_waiting(&rec, email_updates, w, ts, page_id)
                                 .await?;
                         }
-                        return Ok(Some((changes, member, "updated")));
+                        return Ok(Applied {
+                            outcome: o,
+                            history: Some(("updated", changes)),
+                            member,
+                        });
                     }
                     cur = self.store.record(ot.as_str(), &key).await?;
                     d = decide(r, cur.as_ref(), w);
@@ -613,7 +815,20 @@ impl Importer {
                     // It vanished (deleted by hand) between read and write: create it again if allowed.
                     d = decide(r, None, w);
                 }
-                (Decision::NotFound | Decision::Duplicate, _) => return Ok(None),
+                (Decision::NotFound, _) => {
+                    return Ok(Applied {
+                        outcome: "not_found",
+                        history: None,
+                        member: false,
+                    })
+                }
+                (Decision::Duplicate, _) => {
+                    return Ok(Applied {
+                        outcome: "duplicate",
+                        history: None,
+                        member: false,
+                    })
+                }
             }
         }
         Err(SyncError::Other(format!(
@@ -803,6 +1018,18 @@ impl Importer {
     }
 }
 
+/// A created record's history: every attribute, from nothing.
+fn all_as_changes(rec: &StoredRecord) -> Vec<Change> {
+    rec.a
+        .iter()
+        .map(|(a, v)| Change {
+            attr: a.clone(),
+            old: None,
+            new: v.clone(),
+        })
+        .collect()
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -873,20 +1100,6 @@ fn set_or_remove(rec: &mut StoredRecord, a: &str, v: Option<String>, prov: &Prov
             rec.a.remove(a);
             rec.p.remove(a);
         }
-    }
-}
-
-/// Move `n` records from their planned outcomes to errors (created/updated first).
-fn take_from_outcomes(c: &mut Counts, mut n: u64) {
-    for f in [
-        &mut c.created,
-        &mut c.updated,
-        &mut c.unchanged,
-        &mut c.not_found,
-    ] {
-        let t = n.min(*f);
-        *f -= t;
-        n -= t;
     }
 }
 

@@ -14,6 +14,7 @@ pub mod infer;
 pub mod local;
 pub mod mapping;
 pub mod normalize;
+pub mod pages;
 pub mod register;
 pub mod runs;
 pub mod secrets;

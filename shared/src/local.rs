@@ -26,6 +26,8 @@ pub struct LocalRunner {
     pub fetcher_budget: Duration,
     /// Give up waiting for a run after this long.
     pub max_wait: Duration,
+    /// Importer workers draining the records queue at once (Lambda runs several instances).
+    pub workers: usize,
 }
 
 fn sqs_err(op: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> AwsError {
@@ -199,8 +201,19 @@ impl LocalRunner {
         Ok(msgs.len())
     }
 
-    /// Feed up to 10 records-queue messages to the importer as one SQS event.
+    /// Drain the records queue with [`LocalRunner::workers`] importer workers at once.
     pub async fn drain_records_queue(&self) -> Result<usize, SyncError> {
+        let n = self.workers.max(1);
+        let all = futures::future::join_all((0..n).map(|_| self.drain_records_worker())).await;
+        let mut total = 0;
+        for r in all {
+            total += r?;
+        }
+        Ok(total)
+    }
+
+    /// One worker: feed up to 10 records-queue messages to the importer as one SQS event.
+    async fn drain_records_worker(&self) -> Result<usize, SyncError> {
         let url = self.fetcher.settings.records_queue_url.clone();
         let mut total = 0;
         for _ in 0..20 {

@@ -9,6 +9,7 @@
 //! map:["managedcomputerextn.service_tag"]=Serial   # a key that contains dots
 //! config:api=computers-inventory
 //! config:filter=department:$eq:Finance
+//! volatile:Last Check-in                           # moves at every check-in: no history, no update
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -161,7 +162,13 @@ pub struct Mapping {
     pub key: (SourceExpr, String),
     pub maps: Vec<(SourceExpr, String)>,
     pub config: BTreeMap<String, String>,
+    /// Attributes marked `volatile:` (besides [`DEFAULT_VOLATILE`]).
+    pub volatile: std::collections::BTreeSet<String>,
 }
+
+/// Attributes that move at every check-in in every default mapping: volatile unless a mapping
+/// says `volatile:none`.
+pub const DEFAULT_VOLATILE: &[&str] = &["Last Check-in", "Last Inventory Update", "Last Contact"];
 
 /// A source record after mapping: what travels to the importer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -188,6 +195,8 @@ impl Mapping {
         let mut key = None;
         let mut maps = Vec::new();
         let mut config = BTreeMap::new();
+        let mut volatile = std::collections::BTreeSet::new();
+        let mut no_default_volatile = false;
         for (i, raw_line) in text.lines().enumerate() {
             let line_no = i + 1;
             let line = strip_comment(raw_line).trim();
@@ -242,9 +251,20 @@ impl Mapping {
                     }
                     config.insert(name.to_string(), value.trim().to_string());
                 }
+                "volatile" => {
+                    let attr = rest.trim();
+                    if attr.is_empty() {
+                        return Err(err("expected `volatile:Attribute Name` (or `volatile:none`)"));
+                    }
+                    if attr == "none" {
+                        no_default_volatile = true;
+                    } else {
+                        volatile.insert(attr.to_string());
+                    }
+                }
                 other => {
                     return Err(err(&format!(
-                        "unknown directive `{other}:`; expected `key:`, `map:` or `config:`"
+                        "unknown directive `{other}:`; expected `key:`, `map:`, `config:` or `volatile:`"
                     )))
                 }
             }
@@ -276,7 +296,20 @@ impl Mapping {
                 message: format!("attribute `{}` is already the key", key.1),
             });
         }
-        Ok(Mapping { key, maps, config })
+        if !no_default_volatile {
+            volatile.extend(DEFAULT_VOLATILE.iter().map(|a| a.to_string()));
+        }
+        Ok(Mapping {
+            key,
+            maps,
+            config,
+            volatile,
+        })
+    }
+
+    /// Whether an attribute is volatile (moves at every check-in).
+    pub fn is_volatile(&self, attr: &str) -> bool {
+        self.volatile.contains(attr)
     }
 
     /// The attribute the key is written to.

@@ -86,6 +86,25 @@ pub struct StoredRecord {
     pub created_at: String,
     #[serde(default)]
     pub created_by: String,
+    /// Per connection: the page write that last touched this record, so a redelivered page
+    /// counts and completes what it already wrote.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub w: BTreeMap<String, WriteMark>,
+}
+
+/// What a page's write left on a record: run, page, outcome, and the history it owes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct WriteMark {
+    pub run: String,
+    pub pg: String,
+    /// `created`, `updated` or `duplicate`.
+    pub o: String,
+    /// The changes of that write (for the history row); empty on create (the record is the change).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub h: Vec<Change>,
+    /// Whether the write (re)joined the connection's membership.
+    #[serde(default)]
+    pub m: bool,
 }
 
 /// One attribute change.
@@ -107,6 +126,7 @@ pub enum Decision {
         src_changed: bool,
         duplicate: bool,
     },
+    /// Nothing but volatile attributes moved (or nothing at all).
     Unchanged,
     /// Update-only mode and no such record.
     NotFound,
@@ -148,6 +168,8 @@ pub struct Writer<'a> {
     pub mode: Mode,
     pub object_type: ObjectType,
     pub precedence: &'a Precedence,
+    /// Attributes that move at every check-in: they never make a record `updated` on their own.
+    pub volatile: &'a std::collections::BTreeSet<String>,
 }
 
 impl Writer<'_> {
@@ -192,7 +214,7 @@ pub fn decide(incoming: &MappedRecord, stored: Option<&StoredRecord>, w: &Writer
     let mut changes = Vec::new();
     for (attr, new) in &incoming.attrs {
         let old = stored.a.get(attr);
-        if old == Some(new) || !w.may_overwrite(stored.p.get(attr)) {
+        if old == Some(new) || !w.may_overwrite(stored.p.get(attr)) || w.volatile.contains(attr) {
             continue;
         }
         changes.push(Change {
@@ -295,8 +317,11 @@ mod tests {
         s
     }
 
+    static NO_VOLATILE: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+
     fn writer<'a>(p: &'a Precedence, conn: &'a str, source: &'a str) -> Writer<'a> {
         Writer {
+            volatile: &NO_VOLATILE,
             connection: conn,
             source,
             run_id: "r1",
@@ -408,6 +433,49 @@ mod tests {
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].source_id.as_deref(), Some("b"));
         assert_eq!(dups.len(), 2);
+    }
+
+    #[test]
+    fn volatile_attributes_alone_leave_a_record_unchanged() {
+        let p = Precedence::default();
+        let vol: std::collections::BTreeSet<String> = ["Last Check-in".to_string()].into();
+        let w = Writer {
+            volatile: &vol,
+            ..writer(&p, "jamf-prod", "jamf")
+        };
+        let s = stored(
+            &[
+                ("OS Version", "14.5", "jamf-prod"),
+                ("Last Check-in", "t1", "jamf-prod"),
+            ],
+            "jamf-prod",
+            "1",
+            "2024",
+        );
+        let moved = rec(
+            &[("OS Version", "14.5"), ("Last Check-in", "t2")],
+            "1",
+            "2024",
+        );
+        assert_eq!(decide(&moved, Some(&s), &w), Decision::Unchanged);
+        match decide(
+            &rec(
+                &[("OS Version", "15"), ("Last Check-in", "t2")],
+                "1",
+                "2024",
+            ),
+            Some(&s),
+            &w,
+        ) {
+            Decision::Update { changes, .. } => {
+                assert_eq!(
+                    changes.len(),
+                    1,
+                    "the check-in is written, not recorded as a change"
+                )
+            }
+            d => panic!("{d:?}"),
+        }
     }
 
     #[test]

@@ -114,9 +114,52 @@ impl RunItem {
         }
     }
 
-    /// Whether every fetched page has been imported or dead-lettered.
+    /// Whether every fetched page has been imported or dead-lettered, as the run item says (its
+    /// page counters are written when the run finishes; while it runs, use `all_pages_done_with`).
     pub fn all_pages_done(&self) -> bool {
         self.fetch_complete && self.pages_imported + self.pages_dead >= self.pages_fetched
+    }
+
+    /// Whether every fetched page has been imported or dead-lettered, by its page markers.
+    pub fn all_pages_done_with(&self, t: &PageTotals) -> bool {
+        self.fetch_complete && t.pages_done + t.pages_dead >= self.pages_fetched
+    }
+
+    /// The run as its page markers say it stands (counts and pages of a running run).
+    pub fn with_totals(&self, t: &PageTotals) -> RunItem {
+        let mut r = self.clone();
+        r.pages_imported = t.pages_done;
+        r.pages_dead = t.pages_dead;
+        let missing = r.counts.missing;
+        r.counts = t.counts;
+        r.counts.missing = missing;
+        r
+    }
+}
+
+/// What a run's page markers add up to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PageTotals {
+    pub pages_done: u64,
+    pub pages_dead: u64,
+    pub counts: Counts,
+    pub errors: Vec<RecordError>,
+}
+
+impl PageTotals {
+    /// Add up markers.
+    pub fn of(markers: &[(String, PageMarker)]) -> Self {
+        let mut t = PageTotals::default();
+        for (_, m) in markers {
+            match m.status.as_str() {
+                "done" => t.pages_done += 1,
+                "dead" => t.pages_dead += 1,
+                _ => continue,
+            }
+            t.counts.add(&m.counts);
+        }
+        t.errors = collect_errors(markers);
+        t
     }
 }
 
@@ -150,15 +193,6 @@ pub enum Start {
     New(RunItem),
     /// An interrupted run of this connection (its holder died) is resumed by the caller's token.
     Resume(RunItem),
-}
-
-/// What a run's page markers add up to.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PageTotals {
-    pub pages_done: u64,
-    pub pages_dead: u64,
-    pub counts: Counts,
-    pub errors: Vec<RecordError>,
 }
 
 /// Where a run's end stands, as [`Runs::settle`] found it.
@@ -218,13 +252,33 @@ impl Runs {
             .collect()
     }
 
-    /// A run's summary with its errors (read from its page markers).
+    /// A run's summary: a running run's counts and errors are those of its page markers; a
+    /// finished run's counts are in its item, its errors in its markers.
     pub async fn summary(&self, run: &RunItem) -> Result<RunSummary, AwsError> {
-        let mut errors = Vec::new();
-        if run.counts.errors > 0 || run.pages_dead > 0 || run.counts.skipped > 0 {
-            errors = collect_errors(&self.markers(&run.run_id).await?);
+        let t = self.page_totals(&run.run_id).await?;
+        if run.status == "running" {
+            return Ok(run.with_totals(&t).to_summary(t.errors));
         }
-        Ok(run.to_summary(errors))
+        Ok(run.to_summary(t.errors))
+    }
+
+    /// What the run's page markers add up to.
+    pub async fn page_totals(&self, run_id: &str) -> Result<PageTotals, AwsError> {
+        Ok(PageTotals::of(&self.markers(run_id).await?))
+    }
+
+    /// The keys the run's pages reported (their page packs), for the missing sweep.
+    pub async fn seen_keys(&self, run_id: &str) -> Result<HashSet<String>, AwsError> {
+        let Some(run) = self.get(run_id).await? else {
+            return Ok(HashSet::new());
+        };
+        let mut seen = HashSet::new();
+        for (_, p) in self.store.packs(&run.connection, &run.object_type).await? {
+            if p.run == run_id {
+                seen.extend(p.entries.into_keys());
+            }
+        }
+        Ok(seen)
     }
 
     /// All page markers of a run.
@@ -631,8 +685,9 @@ impl Runs {
         }
     }
 
-    /// Count a planned page into its run, exactly once (marker `planned` → `done`/`dead` and the
-    /// run's counters move in one transaction). Returns false if it was already counted.
+    /// Record a planned page's outcome in its marker, exactly once (`planned` → `done`/`dead`,
+    /// with its counts and errors). Only this page writes its marker: no hot item, no transaction.
+    /// Returns false if it was already recorded.
     pub async fn complete_page(
         &self,
         run_id: &str,
@@ -641,13 +696,17 @@ impl Runs {
         dead: bool,
     ) -> Result<bool, AwsError> {
         let to = if dead { "dead" } else { "done" };
-        let mark = Update::builder()
+        let res = self
+            .store
+            .ddb
+            .update_item()
             .table_name(&self.store.table)
             .key("pk", s(format!("P#{run_id}")))
             .key("sk", s(page_id))
-            .update_expression("SET #st = :to, errors = :errs")
+            .update_expression("SET #st = :to, errors = :errs, #cnt = :cnt")
             .condition_expression("#st = :planned")
             .expression_attribute_names("#st", "status")
+            .expression_attribute_names("#cnt", "counts")
             .expression_attribute_values(":to", s(to))
             .expression_attribute_values(":planned", s("planned"))
             .expression_attribute_values(
@@ -655,38 +714,18 @@ impl Runs {
                 serde_dynamo::to_attribute_value(&marker.errors)
                     .map_err(|e| AwsError::Item(e.to_string()))?,
             )
-            .build()
-            .map_err(|e| AwsError::Item(e.to_string()))?;
-        let counts = counts_values(":c_", &marker.counts);
-        let mut expr = String::from("ADD ");
-        expr.push_str(if dead {
-            "pages_dead :one"
-        } else {
-            "pages_imported :one"
-        });
-        let mut run = Update::builder()
-            .table_name(&self.store.table)
-            .key("pk", s("RUN"))
-            .key("sk", s(run_id));
-        for (name, v) in counts {
-            let field = name.trim_start_matches(":c_").to_string();
-            expr.push_str(&format!(", #cnt.#f_{field} {name}"));
-            run = run
-                .expression_attribute_names(format!("#f_{field}"), field)
-                .expression_attribute_values(name, v);
+            .expression_attribute_values(
+                ":cnt",
+                serde_dynamo::to_attribute_value(marker.counts)
+                    .map_err(|e| AwsError::Item(e.to_string()))?,
+            )
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(dyn_err("UpdateItem", e)),
         }
-        let run = run
-            .update_expression(expr)
-            .expression_attribute_names("#cnt", "counts")
-            .expression_attribute_values(":one", n(1))
-            .build()
-            .map_err(|e| AwsError::Item(e.to_string()))?;
-        self.store
-            .transact(vec![
-                TransactWriteItem::builder().update(mark).build(),
-                TransactWriteItem::builder().update(run).build(),
-            ])
-            .await
     }
 
     /// Mark a run failed (fetch error) and release its lease.
@@ -759,34 +798,6 @@ impl Runs {
                     .and_then(|v| v.parse().ok())
             })
             .unwrap_or(1))
-    }
-
-    /// Finish a run whose pages are all accounted for: sweep missing records (only after a clean,
-    /// complete fetch whose count agrees with the vendor's total), then set the final status.
-    /// What a run's page markers add up to.
-    pub async fn page_totals(&self, run_id: &str) -> Result<PageTotals, AwsError> {
-        let mut t = PageTotals::default();
-        for (_, m) in self.markers(run_id).await? {
-            match m.status.as_str() {
-                "done" => t.pages_done += 1,
-                "dead" => t.pages_dead += 1,
-                _ => continue,
-            }
-            t.counts.add(&m.counts);
-            t.errors.extend(m.errors);
-        }
-        Ok(t)
-    }
-
-    /// Keys the imported pages of a run reported (for the missing sweep).
-    pub async fn seen_keys(&self, run_id: &str) -> Result<HashSet<String>, AwsError> {
-        let mut seen = HashSet::new();
-        for (_, m) in self.markers(run_id).await? {
-            if m.status == "done" {
-                seen.extend(m.seen);
-            }
-        }
-        Ok(seen)
     }
 
     /// Finish a run whose pages are all accounted for: sweep missing records (only after a clean,

@@ -43,13 +43,124 @@ pub fn dyn_err<
     AwsError::Dynamo { op, detail }
 }
 
-/// Whether an SDK error is a failed condition.
+/// Whether an SDK error is a failed condition: `ConditionalCheckFailedException`, or a cancelled
+/// transaction whose cancellation reasons say `ConditionalCheckFailed`. A transaction cancelled
+/// for a conflict, throttling or a 5xx is not "already done": it must be retried.
 pub fn is_condition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
-    e.as_service_error()
-        .and_then(|s| s.code())
-        .is_some_and(|c| {
-            c == "ConditionalCheckFailedException" || c == "TransactionCanceledException"
-        })
+    let Some(se) = e.as_service_error() else {
+        return false;
+    };
+    match se.code() {
+        Some("ConditionalCheckFailedException") => true,
+        // The generic error carries the reasons only in its message ("... reasons [A, B]").
+        Some("TransactionCanceledException") => se
+            .message()
+            .and_then(|m| m.rsplit_once('[').map(|(_, r)| r.to_string()))
+            .is_some_and(|r| r.contains("ConditionalCheckFailed")),
+        _ => false,
+    }
+}
+
+/// Whether a failed TransactWriteItems was cancelled by a failed condition (typed reasons).
+pub fn is_transaction_condition_failed<R>(
+    e: &SdkError<aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError, R>,
+) -> bool {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError as T;
+    match e.as_service_error() {
+        Some(T::TransactionCanceledException(c)) => c
+            .cancellation_reasons()
+            .iter()
+            .any(|r| r.code() == Some("ConditionalCheckFailed")),
+        _ => false,
+    }
+}
+
+/// Error codes of DynamoDB that a later attempt may not meet (besides the SDK's own list).
+const TRANSIENT_CODES: &[&str] = &[
+    "TransactionConflictException",
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+];
+
+/// Classifies DynamoDB answers the SDK's standard retry leaves alone: `TransactionConflictException`
+/// on single writes, and transactions cancelled for `TransactionConflict` (not for a condition).
+#[derive(Debug, Default, Clone)]
+pub struct ConflictRetry;
+
+impl aws_smithy_runtime_api::client::retries::classifiers::ClassifyRetry for ConflictRetry {
+    fn classify_retry(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::InterceptorContext,
+    ) -> aws_smithy_runtime_api::client::retries::classifiers::RetryAction {
+        use aws_smithy_runtime_api::client::retries::classifiers::RetryAction;
+        let Some(resp) = ctx.response() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let Some(body) = resp.body().bytes() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return RetryAction::NoActionIndicated;
+        };
+        let ty = v.get("__type").and_then(|t| t.as_str()).unwrap_or_default();
+        let code = ty.rsplit('#').next().unwrap_or_default();
+        if TRANSIENT_CODES.contains(&code) {
+            return RetryAction::transient_error();
+        }
+        if code == "TransactionCanceledException" {
+            let reasons: Vec<&str> = v
+                .get("CancellationReasons")
+                .and_then(|r| r.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|r| r.get("Code").and_then(|c| c.as_str()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let condition = reasons.contains(&"ConditionalCheckFailed");
+            let transient = reasons.iter().any(|r| {
+                matches!(
+                    *r,
+                    "TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded"
+                )
+            });
+            if transient && !condition {
+                return RetryAction::transient_error();
+            }
+        }
+        RetryAction::NoActionIndicated
+    }
+
+    fn name(&self) -> &'static str {
+        "assetsync DynamoDB conflicts"
+    }
+}
+
+/// The DynamoDB client configuration every handler uses: standard retries with backoff and jitter
+/// (throttling, 5xx), more attempts than the default, and conflicts classified as retryable.
+pub fn dynamo_config(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::config::Builder {
+    let fast = std::env::var("ASSETSYNC_FAST_RETRY").is_ok();
+    let retry = aws_sdk_dynamodb::config::retry::RetryConfig::standard()
+        .with_max_attempts(10)
+        .with_initial_backoff(std::time::Duration::from_millis(if fast { 5 } else { 50 }))
+        .with_max_backoff(std::time::Duration::from_millis(if fast {
+            200
+        } else {
+            5_000
+        }));
+    aws_sdk_dynamodb::config::Builder::from(sdk)
+        .retry_config(retry)
+        .retry_classifier(ConflictRetry)
+}
+
+/// Whether an error of ours is a permanent property of one record (too big, bad key), so the
+/// record is an error of the run; anything else fails the page, which SQS redelivers.
+pub fn is_record_error(e: &AwsError) -> bool {
+    matches!(e, AwsError::Dynamo { detail, .. } if detail.starts_with("ValidationException"))
+        || matches!(e, AwsError::Item(_))
 }
 
 /// String attribute value.
@@ -360,7 +471,7 @@ impl Store {
             .await
         {
             Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) if is_transaction_condition_failed(&e) => Ok(false),
             Err(e) => Err(dyn_err("TransactWriteItems", e)),
         }
     }
@@ -400,6 +511,9 @@ pub struct EmailEntry {
     /// Hardware keys whose user email has no active person yet.
     #[serde(default)]
     pub waiting: BTreeMap<String, bool>,
+    /// Not stored: the item did not exist when read (a new one is written whole, in batches).
+    #[serde(skip)]
+    pub absent: bool,
 }
 
 /// What the email index remembers of a person.
@@ -416,5 +530,416 @@ impl EmailEntry {
         self.persons
             .iter()
             .find(|(_, p)| p.status.is_empty() || p.status == "active")
+    }
+}
+
+impl Store {
+    /// Read a page pack.
+    pub async fn pack(
+        &self,
+        connection: &str,
+        object_type: &str,
+        page_id: &str,
+    ) -> Result<Option<crate::pages::Pack>, AwsError> {
+        Ok(self
+            .get(&crate::pages::pack_pk(connection, object_type), page_id)
+            .await?
+            .map(|i| decode_pack(&i)))
+    }
+
+    /// Write a page pack unless a newer run wrote this page's pack. Returns whether it was written.
+    pub async fn put_pack(
+        &self,
+        connection: &str,
+        object_type: &str,
+        page_id: &str,
+        pack: &crate::pages::Pack,
+    ) -> Result<bool, AwsError> {
+        let (va, d) = pack.encode();
+        let item = HashMap::from([
+            (
+                "pk".to_string(),
+                s(crate::pages::pack_pk(connection, object_type)),
+            ),
+            ("sk".to_string(), s(page_id)),
+            ("run".to_string(), s(&pack.run)),
+            ("va".to_string(), s(va)),
+            ("d".to_string(), s(d)),
+        ]);
+        match self
+            .ddb
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR #run <= :run")
+            .expression_attribute_names("#run", "run")
+            .expression_attribute_values(":run", s(&pack.run))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
+            Err(e) => Err(dyn_err("PutItem", e)),
+        }
+    }
+
+    /// All page packs of a connection and object type.
+    pub async fn packs(
+        &self,
+        connection: &str,
+        object_type: &str,
+    ) -> Result<Vec<(String, crate::pages::Pack)>, AwsError> {
+        Ok(self
+            .query(
+                &crate::pages::pack_pk(connection, object_type),
+                None,
+                false,
+                None,
+            )
+            .await?
+            .into_iter()
+            .map(|i| {
+                let sk = i
+                    .get("sk")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default();
+                (sk, decode_pack(&i))
+            })
+            .collect())
+    }
+
+    /// A record as the register shows it: stored attributes, with each connection's volatile
+    /// values (check-in times) from its latest page pack where that connection owns them.
+    pub async fn live_record(
+        &self,
+        object_type: &str,
+        key: &str,
+    ) -> Result<Option<StoredRecord>, AwsError> {
+        let Some(mut rec) = self.record(object_type, key).await? else {
+            return Ok(None);
+        };
+        let conns: Vec<(String, String)> = rec
+            .w
+            .iter()
+            .map(|(c, m)| (c.clone(), m.pg.clone()))
+            .collect();
+        for (conn, pg) in conns {
+            let mut vals = self
+                .pack(&conn, object_type, &pg)
+                .await?
+                .map(|p| p.values(key))
+                .unwrap_or_default();
+            if vals.is_empty() {
+                // The key moved to another page since its last record write.
+                for (_, p) in self.packs(&conn, object_type).await? {
+                    if p.entries.contains_key(key) {
+                        vals = p.values(key);
+                        break;
+                    }
+                }
+            }
+            for (a, v) in vals {
+                if rec.p.get(&a).is_none_or(|p| p.c == conn) {
+                    rec.a.insert(a, v);
+                }
+            }
+        }
+        Ok(Some(rec))
+    }
+}
+
+fn decode_pack(i: &Item) -> crate::pages::Pack {
+    let get = |k: &str| {
+        i.get(k)
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default()
+    };
+    crate::pages::Pack::decode(&get("run"), &get("va"), &get("d"))
+}
+
+/// Most devices one email index item keeps waiting (beyond, they are not noted; ~40 KB).
+pub const MAX_WAITING: usize = 2000;
+/// Most people one email index item keeps.
+pub const MAX_PERSONS: usize = 200;
+
+/// Changes to one email index item, applied by attribute path so concurrent writers of other
+/// people or devices of the same email keep theirs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmailChange {
+    pub set_persons: Vec<(String, PersonRef)>,
+    pub remove_persons: Vec<String>,
+    pub add_waiting: Vec<String>,
+    pub remove_waiting: Vec<String>,
+}
+
+impl EmailChange {
+    /// What turns `old` into `new`.
+    pub fn between(old: &EmailEntry, new: &EmailEntry) -> Self {
+        EmailChange {
+            set_persons: new
+                .persons
+                .iter()
+                .filter(|(k, p)| old.persons.get(*k) != Some(p))
+                .map(|(k, p)| (k.clone(), p.clone()))
+                .collect(),
+            remove_persons: old
+                .persons
+                .keys()
+                .filter(|k| !new.persons.contains_key(*k))
+                .cloned()
+                .collect(),
+            add_waiting: new
+                .waiting
+                .keys()
+                .filter(|k| !old.waiting.contains_key(*k))
+                .cloned()
+                .collect(),
+            remove_waiting: old
+                .waiting
+                .keys()
+                .filter(|k| !new.waiting.contains_key(*k))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.set_persons.is_empty()
+            && self.remove_persons.is_empty()
+            && self.add_waiting.is_empty()
+            && self.remove_waiting.is_empty()
+    }
+}
+
+impl Store {
+    /// Apply changes to `E#<email>` by attribute path (bounded: past [`MAX_WAITING`] waiting
+    /// devices or [`MAX_PERSONS`] people, additions are dropped with a warning).
+    pub async fn update_email(&self, email: &str, change: EmailChange) -> Result<(), AwsError> {
+        // Expressions are limited to 4 KB: at most 40 paths a request.
+        let mut ops: Vec<(u8, String, Option<AttributeValue>)> = Vec::new();
+        for (k, p) in change.set_persons {
+            let v =
+                serde_dynamo::to_attribute_value(&p).map_err(|e| AwsError::Item(e.to_string()))?;
+            ops.push((0, k, Some(v)));
+        }
+        ops.extend(change.remove_persons.into_iter().map(|k| (1, k, None)));
+        ops.extend(change.add_waiting.into_iter().map(|k| (2, k, None)));
+        ops.extend(change.remove_waiting.into_iter().map(|k| (3, k, None)));
+        for chunk in ops.chunks(40) {
+            self.email_paths(email, chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    async fn email_paths(
+        &self,
+        email: &str,
+        mut ops: Vec<(u8, String, Option<AttributeValue>)>,
+    ) -> Result<(), AwsError> {
+        let pk = format!("E#{email}");
+        for _ in 0..4 {
+            if ops.is_empty() {
+                return Ok(());
+            }
+            let mut sets = Vec::new();
+            let mut removes = Vec::new();
+            let mut req = self
+                .ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(Self::key(&pk, "#")));
+            let adds_persons = ops.iter().any(|o| o.0 == 0);
+            let adds_waiting = ops.iter().any(|o| o.0 == 2);
+            for (i, (kind, key, v)) in ops.iter().enumerate() {
+                let name = format!("#k{i}");
+                req = req.expression_attribute_names(&name, key);
+                match kind {
+                    0 => {
+                        sets.push(format!("persons.{name} = :v{i}"));
+                        if let Some(v) = v {
+                            req = req.expression_attribute_values(format!(":v{i}"), v.clone());
+                        }
+                    }
+                    1 => removes.push(format!("persons.{name}")),
+                    2 => sets.push(format!("waiting.{name} = :t")),
+                    _ => removes.push(format!("waiting.{name}")),
+                }
+            }
+            if adds_waiting {
+                req = req.expression_attribute_values(":t", AttributeValue::Bool(true));
+            }
+            let mut expr = String::new();
+            if !sets.is_empty() {
+                expr.push_str("SET ");
+                expr.push_str(&sets.join(", "));
+            }
+            if !removes.is_empty() {
+                expr.push_str(" REMOVE ");
+                expr.push_str(&removes.join(", "));
+            }
+            let mut cond = "attribute_exists(persons) AND attribute_exists(waiting)".to_string();
+            if adds_waiting {
+                cond.push_str(" AND size(waiting) < :wcap");
+                req = req.expression_attribute_values(":wcap", n(MAX_WAITING));
+            }
+            if adds_persons {
+                cond.push_str(" AND size(persons) < :pcap");
+                req = req.expression_attribute_values(":pcap", n(MAX_PERSONS));
+            }
+            match req
+                .update_expression(expr.trim())
+                .condition_expression(cond)
+                .send()
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if is_condition_failed(&e) => {}
+                Err(e) => return Err(dyn_err("UpdateItem", e)),
+            }
+            // Why: no item (or maps) yet, or a cap reached.
+            let cur = self.get(&pk, "#").await?;
+            let has = |a: &str| cur.as_ref().is_some_and(|i| i.contains_key(a));
+            if !has("persons") || !has("waiting") {
+                let empty = AttributeValue::M(HashMap::new());
+                self.ddb
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(Self::key(&pk, "#")))
+                    .update_expression(
+                        "SET persons = if_not_exists(persons, :e), waiting = if_not_exists(waiting, :e)",
+                    )
+                    .expression_attribute_values(":e", empty)
+                    .send()
+                    .await
+                    .map_err(|e| dyn_err("UpdateItem", e))?;
+                continue;
+            }
+            let size = |a: &str| {
+                cur.as_ref()
+                    .and_then(|i| i.get(a))
+                    .and_then(|v| v.as_m().ok())
+                    .map_or(0, HashMap::len)
+            };
+            if size("waiting") >= MAX_WAITING {
+                tracing::warn!(
+                    email_len = email.len(),
+                    "email index: too many devices waiting for one email; not noting more"
+                );
+                ops.retain(|o| o.0 != 2);
+            }
+            if size("persons") >= MAX_PERSONS {
+                tracing::warn!(
+                    email_len = email.len(),
+                    "email index: too many people share one email; not adding more"
+                );
+                ops.retain(|o| o.0 != 0);
+            }
+        }
+        Err(AwsError::Dynamo {
+            op: "UpdateItem",
+            detail: format!(
+                "email index item E#… kept failing its conditions ({} changes)",
+                ops.len()
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    use aws_smithy_runtime_api::client::interceptors::context::{Input, InterceptorContext};
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::client::retries::classifiers::{ClassifyRetry, RetryAction};
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    fn err(code: &str, message: &str) -> SdkError<PutItemError, HttpResponse> {
+        let meta = ErrorMetadata::builder().code(code).message(message).build();
+        SdkError::service_error(
+            PutItemError::generic(meta),
+            HttpResponse::new(StatusCode::try_from(400).unwrap(), SdkBody::empty()),
+        )
+    }
+
+    #[test]
+    fn only_a_failed_condition_means_already_done() {
+        assert!(is_condition_failed(&err(
+            "ConditionalCheckFailedException",
+            "The conditional request failed"
+        )));
+        let reasons =
+            "Transaction cancelled, please refer cancellation reasons for specific reasons";
+        assert!(is_condition_failed(&err(
+            "TransactionCanceledException",
+            &format!("{reasons} [None, ConditionalCheckFailed]")
+        )));
+        assert!(!is_condition_failed(&err(
+            "TransactionCanceledException",
+            &format!("{reasons} [None, TransactionConflict]")
+        )));
+        for code in [
+            "TransactionConflictException",
+            "ThrottlingException",
+            "ProvisionedThroughputExceededException",
+            "InternalServerError",
+        ] {
+            assert!(!is_condition_failed(&err(code, "x")), "{code}");
+        }
+    }
+
+    fn classify(status: u16, body: &str) -> RetryAction {
+        let mut ctx = InterceptorContext::new(Input::doesnt_matter());
+        ctx.set_response(HttpResponse::new(
+            StatusCode::try_from(status).unwrap(),
+            SdkBody::from(body.to_string()),
+        ));
+        ConflictRetry.classify_retry(&ctx)
+    }
+
+    #[test]
+    fn conflicts_are_retried_conditions_are_not() {
+        let ns = "com.amazonaws.dynamodb.v20120810#";
+        assert_eq!(
+            classify(
+                400,
+                &format!(
+                    r#"{{"__type":"{ns}TransactionConflictException","message":"Transaction is ongoing for the item"}}"#
+                )
+            ),
+            RetryAction::transient_error()
+        );
+        assert_eq!(
+            classify(
+                400,
+                &format!(
+                    r#"{{"__type":"{ns}TransactionCanceledException","message":"m","CancellationReasons":[{{"Code":"None"}},{{"Code":"TransactionConflict"}}]}}"#
+                )
+            ),
+            RetryAction::transient_error()
+        );
+        assert_eq!(
+            classify(
+                400,
+                &format!(
+                    r#"{{"__type":"{ns}TransactionCanceledException","message":"m","CancellationReasons":[{{"Code":"ConditionalCheckFailed"}},{{"Code":"None"}}]}}"#
+                )
+            ),
+            RetryAction::NoActionIndicated
+        );
+        assert_eq!(
+            classify(
+                400,
+                &format!(
+                    r#"{{"__type":"{ns}ConditionalCheckFailedException","message":"The conditional request failed"}}"#
+                )
+            ),
+            RetryAction::NoActionIndicated
+        );
     }
 }

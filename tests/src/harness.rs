@@ -44,6 +44,15 @@ pub struct Counts {
     pub by_op: HashMap<String, u64>,
     /// Write requests that wrote at least one register record (`R#` items), history included.
     pub record_writes: u64,
+    /// Write requests by the kind of item they touch (`R`, `H`, `E`, `M`, `F`, `P`, `RUN`, ...;
+    /// a request touching several kinds counts once for each).
+    pub writes_by_kind: HashMap<String, u64>,
+    /// Capacity units DynamoDB reported consumed (`ReturnConsumedCapacity: TOTAL`).
+    pub read_units: f64,
+    pub write_units: f64,
+    /// Read and write requests.
+    pub reads: u64,
+    pub writes: u64,
 }
 
 impl Counts {
@@ -55,6 +64,26 @@ impl Counts {
     pub fn op(&self, name: &str) -> u64 {
         self.by_op.get(name).copied().unwrap_or(0)
     }
+    /// Write requests touching record-related items: records, history, email index, membership.
+    pub fn record_related_writes(&self) -> u64 {
+        ["R", "H", "E", "M"]
+            .iter()
+            .map(|k| self.writes_by_kind.get(*k).copied().unwrap_or(0))
+            .sum()
+    }
+}
+
+/// The kind of an item by its key: `H` for history rows, else the pk's prefix before `#`.
+fn kind_of(item: Option<&HashMap<String, AttributeValue>>) -> Option<String> {
+    let i = item?;
+    let pk = i.get("pk")?.as_s().ok()?;
+    if i.get("sk")
+        .and_then(|v| v.as_s().ok())
+        .is_some_and(|sk| sk.starts_with("H#"))
+    {
+        return Some("H".into());
+    }
+    Some(pk.split('#').next().unwrap_or_default().to_string())
 }
 
 fn pk_of(item: Option<&HashMap<String, AttributeValue>>) -> Option<String> {
@@ -107,17 +136,24 @@ impl Intercept for DynamoCounter {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| op_name(input));
         let mut pks: Vec<String> = Vec::new();
+        let mut kinds: Vec<String> = Vec::new();
+        let mut write = true;
         if let Some(i) = input.downcast_ref::<PutItemInput>() {
             pks.extend(pk_of(i.item()));
+            kinds.extend(kind_of(i.item()));
         } else if let Some(i) = input.downcast_ref::<UpdateItemInput>() {
             pks.extend(pk_of(i.key()));
+            kinds.extend(kind_of(i.key()));
         } else if let Some(i) = input.downcast_ref::<DeleteItemInput>() {
             pks.extend(pk_of(i.key()));
+            kinds.extend(kind_of(i.key()));
         } else if let Some(i) = input.downcast_ref::<BatchWriteItemInput>() {
             for reqs in i.request_items().map(|m| m.values()).into_iter().flatten() {
                 for r in reqs {
                     pks.extend(pk_of(r.put_request().map(|p| p.item())));
                     pks.extend(pk_of(r.delete_request().map(|d| d.key())));
+                    kinds.extend(kind_of(r.put_request().map(|p| p.item())));
+                    kinds.extend(kind_of(r.delete_request().map(|d| d.key())));
                 }
             }
         } else if let Some(i) = input.downcast_ref::<TransactWriteItemsInput>() {
@@ -125,8 +161,15 @@ impl Intercept for DynamoCounter {
                 pks.extend(pk_of(t.put().map(|p| p.item())));
                 pks.extend(pk_of(t.update().map(|u| u.key())));
                 pks.extend(pk_of(t.delete().map(|d| d.key())));
+                kinds.extend(kind_of(t.put().map(|p| p.item())));
+                kinds.extend(kind_of(t.update().map(|u| u.key())));
+                kinds.extend(kind_of(t.delete().map(|d| d.key())));
             }
+        } else {
+            write = false;
         }
+        kinds.sort();
+        kinds.dedup();
         if let Some(i) =
             input.downcast_ref::<aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemInput>()
         {
@@ -147,10 +190,103 @@ impl Intercept for DynamoCounter {
             }
         }
         if let Ok(mut c) = self.0.lock() {
-            *c.by_op.entry(op).or_default() += 1;
+            *c.by_op.entry(op.clone()).or_default() += 1;
             if pks.iter().any(|p| p.starts_with("R#")) {
                 c.record_writes += 1;
             }
+            for k in kinds {
+                *c.writes_by_kind.entry(k).or_default() += 1;
+            }
+            let read = matches!(
+                op.as_str(),
+                "GetItem" | "BatchGetItem" | "Query" | "Scan" | "TransactGetItems"
+            );
+            if write {
+                c.writes += 1;
+            } else if read {
+                c.reads += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn modify_before_serialization(
+        &self,
+        ctx: &mut aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextMut<'_>,
+        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        use aws_sdk_dynamodb::operation::{
+            batch_get_item::BatchGetItemInput, get_item::GetItemInput, query::QueryInput,
+        };
+        use aws_sdk_dynamodb::types::ReturnConsumedCapacity as R;
+        let input = ctx.input_mut();
+        let total = Some(R::Total);
+        if let Some(i) = input.downcast_mut::<PutItemInput>() {
+            i.return_consumed_capacity = total;
+        } else if let Some(i) = input.downcast_mut::<UpdateItemInput>() {
+            i.return_consumed_capacity = total;
+        } else if let Some(i) = input.downcast_mut::<DeleteItemInput>() {
+            i.return_consumed_capacity = total;
+        } else if let Some(i) = input.downcast_mut::<BatchWriteItemInput>() {
+            i.return_consumed_capacity = total;
+        } else if let Some(i) = input.downcast_mut::<TransactWriteItemsInput>() {
+            i.return_consumed_capacity = total;
+        } else if let Some(i) = input.downcast_mut::<GetItemInput>() {
+            i.return_consumed_capacity = total;
+        } else if let Some(i) = input.downcast_mut::<BatchGetItemInput>() {
+            i.return_consumed_capacity = total;
+        } else if let Some(i) = input.downcast_mut::<QueryInput>() {
+            i.return_consumed_capacity = total;
+        }
+        Ok(())
+    }
+
+    fn read_after_deserialization(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::AfterDeserializationInterceptorContextRef<'_>,
+        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        use aws_sdk_dynamodb::operation::{
+            batch_get_item::BatchGetItemOutput, batch_write_item::BatchWriteItemOutput,
+            delete_item::DeleteItemOutput, get_item::GetItemOutput, put_item::PutItemOutput,
+            query::QueryOutput, transact_write_items::TransactWriteItemsOutput,
+            update_item::UpdateItemOutput,
+        };
+        use aws_sdk_dynamodb::types::ConsumedCapacity;
+        let Ok(out) = ctx.output_or_error() else {
+            return Ok(());
+        };
+        let units =
+            |c: Option<&ConsumedCapacity>| c.and_then(|c| c.capacity_units()).unwrap_or(0.0);
+        let sum = |cs: &[ConsumedCapacity]| {
+            cs.iter()
+                .map(|c| c.capacity_units().unwrap_or(0.0))
+                .sum::<f64>()
+        };
+        let (r, w) = if let Some(o) = out.downcast_ref::<PutItemOutput>() {
+            (0.0, units(o.consumed_capacity()))
+        } else if let Some(o) = out.downcast_ref::<UpdateItemOutput>() {
+            (0.0, units(o.consumed_capacity()))
+        } else if let Some(o) = out.downcast_ref::<DeleteItemOutput>() {
+            (0.0, units(o.consumed_capacity()))
+        } else if let Some(o) = out.downcast_ref::<BatchWriteItemOutput>() {
+            (0.0, sum(o.consumed_capacity()))
+        } else if let Some(o) = out.downcast_ref::<TransactWriteItemsOutput>() {
+            (0.0, sum(o.consumed_capacity()))
+        } else if let Some(o) = out.downcast_ref::<GetItemOutput>() {
+            (units(o.consumed_capacity()), 0.0)
+        } else if let Some(o) = out.downcast_ref::<BatchGetItemOutput>() {
+            (sum(o.consumed_capacity()), 0.0)
+        } else if let Some(o) = out.downcast_ref::<QueryOutput>() {
+            (units(o.consumed_capacity()), 0.0)
+        } else {
+            (0.0, 0.0)
+        };
+        if let Ok(mut c) = self.0.lock() {
+            c.read_units += r;
+            c.write_units += w;
         }
         Ok(())
     }
@@ -185,6 +321,15 @@ fn op_name(input: &aws_smithy_runtime_api::client::interceptors::context::Input)
     name.to_string()
 }
 
+/// How to start a [`Harness`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A fault layer between the SDK and moto.
+    pub faults: Option<crate::faults::Faults>,
+    /// Importer workers draining the records queue at once (default 1).
+    pub workers: usize,
+}
+
 /// The local stack plus the real handlers, ready to sync.
 pub struct Harness {
     pub stack: LocalStack,
@@ -204,6 +349,14 @@ impl Harness {
 
     /// Like [`Harness::start`], letting the test adjust the settings (lease, time reserve...).
     pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
+        Self::start_opts(Options::default(), adjust).await
+    }
+
+    /// Start with a fault layer and several importer workers.
+    pub async fn start_opts(
+        opts: Options,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> anyhow::Result<Self> {
         std::env::set_var("ASSETSYNC_FAST_RETRY", "1");
         // Simulators are plain http on loopback (the template never allows it).
         assetsync::http::allow_loopback_http();
@@ -219,13 +372,14 @@ impl Harness {
         let env: HashMap<String, String> = stack.function_env("importer").into_iter().collect();
         let mut settings = Settings::from_lookup(|k| env.get(k).cloned())
             .context("the importer's environment from the template")?;
-        // moto's transactions are not isolated (see Settings::importer_concurrency).
-        settings.importer_concurrency = 1;
         adjust(&mut settings);
         let counter = DynamoCounter::default();
-        let ddb_conf = aws_sdk_dynamodb::config::Builder::from(&sdk)
-            .interceptor(counter.clone())
-            .build();
+        // The handlers' own client configuration (retries), plus counting and faults.
+        let mut ddb_conf = assetsync::store::dynamo_config(&sdk).interceptor(counter.clone());
+        if let Some(f) = &opts.faults {
+            ddb_conf = ddb_conf.interceptor(f.clone());
+        }
+        let ddb_conf = ddb_conf.build();
         let ddb = aws_sdk_dynamodb::Client::from_conf(ddb_conf);
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         let fetcher = Fetcher::with_clients(
@@ -246,6 +400,7 @@ impl Harness {
             sqs,
             fetcher_budget: Duration::from_secs(900),
             max_wait: Duration::from_secs(300),
+            workers: opts.workers.max(1),
         };
         Ok(Harness {
             stack,

@@ -235,6 +235,7 @@ async fn every_run_ends_exact_whatever_dies() -> anyhow::Result<()> {
         sqs: aws_sdk_sqs::Client::new(&h.sdk),
         fetcher_budget: Duration::from_secs(901),
         max_wait: Duration::from_secs(120),
+        workers: 1,
     };
     // A budget that is all reserve: the start hands over at once.
     let started = fast

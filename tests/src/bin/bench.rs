@@ -5,6 +5,10 @@
 //! the first sync, an unchanged re-sync, a 1%-changed sync and the missing-device sweep (1% gone).
 //! `bench page-memory` runs in its own process and prints the peak memory of fetching, mapping and
 //! serialising the largest page (2,000 Jamf computers), as the fetcher does.
+//! `bench write-path [--fleet 10000]` (the default mode's first table is skipped) prints, for a
+//! Jamf fleet: first sync, unchanged re-sync and 1% changed with wall times; the raw limit
+//! measured in the same run (every page fetched over one connection, plus BatchWriteItem of as
+//! many same-size items, 25 a call); the ratios; DynamoDB requests and consumed capacity per record.
 
 use std::time::Instant;
 
@@ -239,11 +243,156 @@ async fn page_memory() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One measured sync: wall seconds and the DynamoDB figures per record.
+fn sync_row(
+    name: &str,
+    secs: f64,
+    raw: f64,
+    c: &assetsync_tests::harness::Counts,
+    n: u64,
+) -> String {
+    let n = n.max(1) as f64;
+    format!(
+        "| {name} | {secs:.2} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} |",
+        secs / raw.max(1e-9),
+        c.reads as f64 / n,
+        c.writes as f64 / n,
+        c.read_units / n,
+        c.write_units / n
+    )
+}
+
+async fn write_path(n: usize) -> anyhow::Result<()> {
+    use assetsync::connectors::{self, ConnectorContext, MemoryState};
+    use assetsync::event::SourceKind;
+    let h = Harness::start().await?;
+    let sim = JamfSim::start(JamfConfig {
+        computers: n,
+        ..JamfConfig::default()
+    })
+    .await?;
+    h.put_secret("assetsync/bench", &sim.secret()).await?;
+    let ev = event("bench", "jamf", "assetsync/bench", "Hardware");
+
+    let mut rows = Vec::new();
+    h.ddb.reset();
+    let t = Instant::now();
+    let first = h.sync(&ev).await?;
+    let t_first = t.elapsed().as_secs_f64();
+    let c_first = h.ddb.get();
+    let records = first.records_fetched;
+
+    // The raw limit: fetch every page over one connection, then write as many items of the
+    // records' average size, 25 a BatchWriteItem, into the same moto.
+    let mapping = assetsync::mapping::Mapping::parse(connectors::default_mapping(
+        SourceKind::Jamf,
+        ObjectType::Hardware,
+        None,
+    )?)?;
+    let ctx = ConnectorContext {
+        connection: "raw".into(),
+        object_type: ObjectType::Hardware,
+        config: mapping.config.clone(),
+        state: std::sync::Arc::new(MemoryState::default()),
+    };
+    let t = Instant::now();
+    let conn = connectors::build(SourceKind::Jamf, &sim.secret(), ctx).await?;
+    let mut cursor = None;
+    let mut fetched = 0usize;
+    loop {
+        let page = conn.fetch_page(cursor.as_ref()).await?;
+        fetched += page.records.len();
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let t_fetch = t.elapsed().as_secs_f64();
+    let sample = h.all_records("Hardware").await?;
+    let avg = sample
+        .iter()
+        .take(200)
+        .map(|r| serde_json::to_string(r).map(|s| s.len()).unwrap_or(0))
+        .sum::<usize>()
+        / sample.len().clamp(1, 200);
+    let pad = "x".repeat(avg);
+    let items: Vec<_> = (0..fetched)
+        .map(|i| {
+            std::collections::HashMap::from([
+                ("pk".to_string(), assetsync::store::s(format!("X#raw#{i}"))),
+                ("sk".to_string(), assetsync::store::s("#")),
+                ("d".to_string(), assetsync::store::s(&pad)),
+            ])
+        })
+        .collect();
+    let t = Instant::now();
+    h.store.batch_put(items).await?;
+    let t_write = t.elapsed().as_secs_f64();
+    let raw = t_fetch + t_write;
+
+    h.ddb.reset();
+    let t = Instant::now();
+    let s2 = h.sync(&ev).await?;
+    let t_unchanged = t.elapsed().as_secs_f64();
+    let c_unchanged = h.ddb.get();
+
+    for i in (0..sim.computer_count()).step_by(100) {
+        sim.set_os_version(i, "99.0");
+    }
+    h.ddb.reset();
+    let t = Instant::now();
+    let s3 = h.sync(&ev).await?;
+    let t_changed = t.elapsed().as_secs_f64();
+    let c_changed = h.ddb.get();
+
+    rows.push(sync_row("first sync", t_first, raw, &c_first, records));
+    rows.push(sync_row(
+        "unchanged re-sync",
+        t_unchanged,
+        raw,
+        &c_unchanged,
+        records,
+    ));
+    rows.push(sync_row("1% changed", t_changed, raw, &c_changed, records));
+    println!(
+        "Jamf fleet {n}: {records} records; raw limit {raw:.2} s (fetch {t_fetch:.2} s over one connection, {fetched} items of {avg} B BatchWriteItem-ed 25 a call in {t_write:.2} s)"
+    );
+    println!("| sync | wall s | / raw | read req/rec | write req/rec | RCU/rec | WCU/rec |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+    let hourly = (c_unchanged.write_units * 1.25 + c_unchanged.read_units * 0.25)
+        / records.max(1) as f64
+        * 10_000.0
+        * 720.0
+        / 1e6;
+    println!(
+        "unchanged hourly sync of 10,000 devices: ${hourly:.3} a month of DynamoDB on demand (list prices)"
+    );
+    eprintln!(
+        "first {:?}\nunchanged {:?}\nchanged {:?}\nwrites by kind (first) {:?}",
+        first.counts, s2.counts, s3.counts, c_first.writes_by_kind
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("page-memory") {
         return page_memory().await;
+    }
+    if args.first().map(String::as_str) == Some("write-path") {
+        std::env::set_var(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+        );
+        let n = match args.get(1).map(String::as_str) {
+            Some("--fleet") => args.get(2).context("--fleet N")?.parse()?,
+            _ => 10_000,
+        };
+        return write_path(n).await;
     }
     let mut fleet = 10_000;
     let mut sources = vec!["jamf", "intune", "endpoint-central", "kandji", "jumpcloud"]

@@ -135,3 +135,22 @@ pub fn num(seed: u64, i: usize, salt: u64, n: u64) -> u64 {
     let mut r = rng(seed ^ salt.wrapping_mul(31) ^ ((i as u64) << 24));
     r.random_range(0..n.max(1))
 }
+
+/// Check-in times that move on every request, as real fleets' do (Kandji every ~15 minutes,
+/// Jamf at each contact): each call of [`CheckinClock::tick`] is a later time, to the millisecond
+/// format the vendors use.
+#[derive(Debug, Default)]
+pub struct CheckinClock(std::sync::atomic::AtomicU64);
+
+impl CheckinClock {
+    /// The next check-in time (a second after the previous one, from 2026-01-01).
+    pub fn tick(&self) -> String {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let base = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .map(|d| d.with_timezone(&chrono::Utc))
+            .unwrap_or_default();
+        (base + chrono::Duration::seconds(n as i64 + 1))
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    }
+}

@@ -1,0 +1,220 @@
+//! The importer's write path under what real DynamoDB does and moto does not: transaction
+//! conflicts, throttling, 5xx (the fault layer), several importer workers at the production
+//! concurrency, two connections sharing serials; and what unchanged and checking-in fleets cost.
+
+use std::collections::{HashMap, HashSet};
+
+use assetsync_tests::faults::Faults;
+use assetsync_tests::harness::{event, Harness, Options};
+use assetsync_tests::sim::fleet::CheckinClock;
+use assetsync_tests::sim::jamf::{JamfConfig, JamfSim};
+use assetsync_tests::sim::jumpcloud::{JumpCloudConfig, JumpCloudSim};
+use serde_json::json;
+
+async fn jamf(h: &Harness, computers: usize, seed: u64, secret: &str) -> anyhow::Result<JamfSim> {
+    let sim = JamfSim::start(JamfConfig {
+        computers,
+        seed,
+        ..JamfConfig::default()
+    })
+    .await?;
+    h.put_secret(secret, &sim.secret()).await?;
+    Ok(sim)
+}
+
+fn serials(sim: &JamfSim) -> HashSet<String> {
+    (0..sim.computer_count())
+        .filter_map(|i| sim.serial(i))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_workers_two_connections_and_faults_stay_exact() -> anyhow::Result<()> {
+    let faults = Faults::new(7, 0.08);
+    let h = Harness::start_opts(
+        Options {
+            faults: Some(faults.clone()),
+            workers: 3,
+        },
+        |_| {},
+    )
+    .await?;
+    assert_eq!(
+        h.settings.importer_concurrency, 4,
+        "the production concurrency"
+    );
+    // Same seed: the second fleet is the first plus 100 more, so 250 serials are shared.
+    let a = jamf(&h, 250, 42, "assetsync/jamf-a").await?;
+    let b = jamf(&h, 350, 42, "assetsync/jamf-b").await?;
+    let mut ea = event("jamf-a", "jamf", "assetsync/jamf-a", "Hardware");
+    ea["mapping"] = json!("config:page_size=25");
+    let mut eb = event("jamf-b", "jamf", "assetsync/jamf-b", "Hardware");
+    eb["mapping"] = json!("config:page_size=25");
+    let (sa, sb) = tokio::join!(h.sync(&ea), h.sync(&eb));
+    let (sa, sb) = (sa?, sb?);
+    println!("a: {}", serde_json::to_string(&sa)?);
+    println!("b: {}", serde_json::to_string(&sb)?);
+    println!("faults injected: {:?}", faults.injected());
+    assert!(
+        faults.injected().values().sum::<u64>() > 20,
+        "{:?}",
+        faults.injected()
+    );
+    for s in [&sa, &sb] {
+        assert_eq!(s.status.as_str(), "succeeded", "every run ends: {s:?}");
+        assert_eq!(s.pages.imported, s.pages.fetched, "{s:?}");
+        assert_eq!(
+            s.counts.errors, 0,
+            "transient faults are never record errors: {s:?}"
+        );
+    }
+    let all: HashSet<String> = serials(&a).union(&serials(&b)).cloned().collect();
+    let records = h.all_records("Hardware").await?;
+    assert_eq!(records.len(), all.len(), "one record per serial");
+    assert_eq!(
+        sa.counts.created + sb.counts.created,
+        all.len() as u64,
+        "one `created` per serial"
+    );
+    let tags: HashSet<&String> = records
+        .iter()
+        .filter_map(|r| r.a.get("Asset Tag"))
+        .collect();
+    assert_eq!(tags.len(), records.len(), "unique asset tags");
+    // Every record is counted once per connection that reported it.
+    for (s, sim) in [(&sa, &a), (&sb, &b)] {
+        let c = s.counts;
+        let keyed = (0..sim.computer_count())
+            .filter(|i| sim.serial(*i).is_some())
+            .count() as u64;
+        assert_eq!(
+            c.created + c.updated + c.unchanged + c.duplicate,
+            keyed,
+            "{c:?}"
+        );
+    }
+
+    // Faults off: the next unchanged sync writes nothing record-related, of any kind.
+    faults.set_rate(0.0);
+    h.ddb.reset();
+    let again = h.sync(&ea).await?;
+    let c = h.ddb.get();
+    println!("unchanged re-sync: {c:?}");
+    assert_eq!(again.counts.created + again.counts.updated, 0, "{again:?}");
+    assert_eq!(c.record_related_writes(), 0, "{:?}", c.writes_by_kind);
+    assert_eq!(c.op("BatchGetItem"), 0, "no record was read: {:?}", c.by_op);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_hourly_syncs_of_a_checking_in_fleet_cost_almost_nothing() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let n = 200;
+    let sim = jamf(&h, n, 9, "assetsync/jamf-ci").await?;
+    let ev = event("jamf-ci", "jamf", "assetsync/jamf-ci", "Hardware");
+    let first = h.sync(&ev).await?;
+    assert_eq!(first.status.as_str(), "succeeded", "{first:?}");
+    let keyed: Vec<(usize, String)> = (0..n)
+        .filter_map(|i| sim.serial(i).map(|s| (i, s)))
+        .collect();
+    let history = |h: &Harness| {
+        let store = h.store.clone();
+        let keys: Vec<String> = keyed.iter().map(|(_, k)| k.clone()).collect();
+        async move {
+            let mut rows = 0;
+            for k in keys.iter().take(20) {
+                rows += store
+                    .query(&format!("R#Hardware#{k}"), Some("H#"), false, None)
+                    .await?
+                    .len();
+            }
+            anyhow::Ok(rows)
+        }
+    };
+    let rows_before = history(&h).await?;
+    let clock = CheckinClock::default();
+    let mut per_device = Vec::new();
+    for hour in 0..10 {
+        // Every device checked in since the last sync.
+        for i in 0..n {
+            let t = clock.tick();
+            sim.set_field(i, "general.lastContactTime", json!(t));
+            sim.set_field(i, "general.reportDate", json!(t));
+        }
+        h.ddb.reset();
+        let s = h.sync(&ev).await?;
+        let c = h.ddb.get();
+        assert_eq!(s.status.as_str(), "succeeded", "{s:?}");
+        assert_eq!(s.counts.updated + s.counts.created, 0, "hour {hour}: {s:?}");
+        assert_eq!(
+            s.counts.unchanged + s.counts.duplicate,
+            keyed.len() as u64,
+            "{s:?}"
+        );
+        assert_eq!(
+            c.record_related_writes(),
+            0,
+            "hour {hour}: {:?}",
+            c.writes_by_kind
+        );
+        let d = keyed.len() as f64;
+        per_device.push((
+            c.reads as f64 / d,
+            c.writes as f64 / d,
+            c.read_units / d,
+            c.write_units / d,
+        ));
+    }
+    assert_eq!(
+        history(&h).await?,
+        rows_before,
+        "no history row for check-ins"
+    );
+    // The register's last check-in is the simulator's as of the last run.
+    for (i, key) in keyed.iter().take(30) {
+        let rec = h.store.live_record("Hardware", key).await?.expect("record");
+        let raw = sim.computer(*i)["general"]["lastContactTime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let want = assetsync::normalize::timestamp(&raw).unwrap_or(raw);
+        if rec
+            .src
+            .get("jamf-ci")
+            .is_some_and(|s| s.id.as_deref() == Some(&sim.computer_id(*i)))
+        {
+            assert_eq!(rec.a.get("Last Check-in"), Some(&want), "{key}");
+        }
+    }
+    let (r, w, ru, wu) = per_device[per_device.len() - 1];
+    println!("per device and hourly sync: {r:.4} read requests, {w:.4} write requests, {ru:.4} RCU, {wu:.4} WCU");
+    // $1 a month for 10,000 devices synced hourly is 0.111 WCU (or 0.555 RCU) per device-sync.
+    let dollars_month = (wu * 1.25 + ru * 0.25) * 10_000.0 * 720.0 / 1e6;
+    println!("at 10,000 devices hourly: ${dollars_month:.2} a month");
+    assert!(dollars_month < 1.0, "{dollars_month}");
+    assert!(w < 0.1 && r < 0.2, "{per_device:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn people_resync_writes_nothing() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let jc = JumpCloudSim::start(JumpCloudConfig {
+        systems: 5,
+        users: 200,
+        ..JumpCloudConfig::default()
+    })
+    .await?;
+    h.put_secret("assetsync/jc", &jc.secret()).await?;
+    let ev = event("jc-people", "jumpcloud", "assetsync/jc", "Person");
+    let first = h.sync(&ev).await?;
+    assert_eq!(first.status.as_str(), "succeeded", "{first:?}");
+    h.ddb.reset();
+    let again = h.sync(&ev).await?;
+    let c = h.ddb.get();
+    assert_eq!(again.counts.created + again.counts.updated, 0, "{again:?}");
+    let kinds: HashMap<String, u64> = c.writes_by_kind.clone();
+    assert_eq!(c.record_related_writes(), 0, "{kinds:?}");
+    assert_eq!(kinds.get("E").copied().unwrap_or(0), 0, "{kinds:?}");
+    Ok(())
+}
