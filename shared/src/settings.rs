@@ -21,9 +21,8 @@ pub struct Settings {
     pub lease_seconds: i64,
     /// The fetcher hands over to the fetch queue when less than this remains.
     pub time_reserve: Duration,
-    /// Pages of one SQS batch the importer imports at once. The local stack sets 1: moto's
-    /// TransactWriteItems snapshots and restores whole tables when a condition fails, which undoes
-    /// concurrent writes (real DynamoDB transactions are isolated).
+    /// Pages of one SQS batch the importer imports at once (production and local stack alike:
+    /// the per-page path uses no transaction, so moto's whole-table transaction copies stay out).
     pub importer_concurrency: usize,
     /// Seconds between a run's finish checks (delayed fetch-queue messages that re-arm until
     /// the run ends; at most 900, SQS's longest delay).
