@@ -99,6 +99,11 @@ impl Importer {
     ) -> SqsBatchResponse {
         let began = Instant::now();
         let messages = event.records.len() as u64;
+        // A short timeout (an emulator's, a small function's) gets a proportionate reserve, so a
+        // batch is not handed back before it starts.
+        let reserve = deadline
+            .map(|d| DEADLINE_RESERVE.min(d.saturating_duration_since(began) / 4))
+            .unwrap_or(DEADLINE_RESERVE);
         let results: Vec<(String, bool)> = futures::stream::iter(event.records)
             .map(|m| async move {
                 let id = m.message_id.clone().unwrap_or_default();
@@ -106,12 +111,12 @@ impl Importer {
                     None => self.handle_message(&m).await,
                     Some(d) => {
                         let left = d.saturating_duration_since(Instant::now());
-                        if left <= DEADLINE_RESERVE {
+                        if left <= reserve {
                             tracing::warn!(message_id = %id, "deadline near: handing the page back to the queue");
                             false
                         } else {
                             // A page cut short is a crash the page's design survives.
-                            match tokio::time::timeout(left - DEADLINE_RESERVE, self.handle_message(&m)).await {
+                            match tokio::time::timeout(left - reserve, self.handle_message(&m)).await {
                                 Ok(ok) => ok,
                                 Err(_) => {
                                     tracing::warn!(message_id = %id, "deadline near: page interrupted, handed back to the queue");

@@ -401,9 +401,12 @@ impl Runs {
 
     fn new_run(&self, event: &ConnectionEvent, token: &str) -> Result<RunItem, SyncError> {
         let started_at = now();
+        // Run ids of a connection must sort by start: packs, the late-page guard and the sweep
+        // compare them. Milliseconds keep two runs started within one second in order (a random
+        // suffix alone did not, and a refused page pack made a sweep mark every record missing).
         let run_id = format!(
             "{}-{}-{:04x}",
-            Utc::now().format("%Y%m%dT%H%M%SZ"),
+            Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
             event.connection,
             rand::random::<u16>()
         );

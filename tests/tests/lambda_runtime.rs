@@ -571,7 +571,8 @@ async fn function_binaries_answer_every_event_file_under_cargo_lambda_watch() ->
     assert_eq!(
         v,
         serde_json::json!({"batchItemFailures": [{"itemIdentifier": malformed[0]}]}),
-        "exactly the malformed record fails"
+        "exactly the malformed record fails; watch log:\n{}",
+        watch.log_tail()
     );
     // The well-formed page (of a run that does not exist) was imported into the register.
     let page: Value = batch["Records"]

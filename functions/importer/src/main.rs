@@ -23,13 +23,10 @@ async fn main() -> Result<(), Error> {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let deadline =
-            Instant::now() + Duration::from_millis(ev.context.deadline.saturating_sub(now_ms));
-        Ok::<SqsBatchResponse, Error>(
-            importer
-                .handle_batch_until(ev.payload, Some(deadline))
-                .await,
-        )
+        // A deadline already past is not a real one (emulators may send none): no hand-back then.
+        let deadline = (ev.context.deadline > now_ms)
+            .then(|| Instant::now() + Duration::from_millis(ev.context.deadline - now_ms));
+        Ok::<SqsBatchResponse, Error>(importer.handle_batch_until(ev.payload, deadline).await)
     }))
     .await
 }
