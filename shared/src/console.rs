@@ -7,7 +7,7 @@
 //!   next run of a source that maps it may write it again. Every edit bumps the record's version
 //!   under an optimistic condition (a concurrent run's write is never lost: the edit is retried on
 //!   the newer record) and is written in the same transaction as its history entry.
-//! - [`list_records`], [`scan_records`], [`get_record`], [`history`]: read the register.
+//! - [`scan_records`], [`get_record`], [`history`]: read the register.
 //! - [`redrive`]: put a run's dead-lettered pages back on the records queue.
 //! - Pure helpers for the CLI: [`parse_assignment`], [`RecordView`], [`format_record`], [`table`].
 
@@ -128,43 +128,6 @@ pub async fn get_record(
         return Ok(store.record(object_type.as_str(), &norm).await?);
     }
     Ok(None)
-}
-
-/// Records of a type, at most `limit` (a filtered Scan: fine for a console, never used by runs),
-/// sorted by key.
-pub async fn list_records(
-    store: &Store,
-    object_type: ObjectType,
-    limit: usize,
-) -> Result<Vec<StoredRecord>, ConsoleError> {
-    let prefix = format!("R#{}#", object_type.as_str());
-    let mut out = Vec::new();
-    let mut start = None;
-    while out.len() < limit {
-        let page = store
-            .ddb
-            .scan()
-            .table_name(&store.table)
-            .filter_expression("begins_with(pk, :p) AND sk = :s")
-            .expression_attribute_values(":p", s(&prefix))
-            .expression_attribute_values(":s", s("#"))
-            .set_exclusive_start_key(start.take())
-            .send()
-            .await
-            .map_err(|e| dyn_err("Scan", e))?;
-        for item in page.items.unwrap_or_default() {
-            if out.len() >= limit {
-                break;
-            }
-            out.push(from_item::<StoredRecord>(item)?);
-        }
-        match page.last_evaluated_key {
-            Some(k) => start = Some(k),
-            None => break,
-        }
-    }
-    out.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(out)
 }
 
 /// Where [`scan_records`] stopped: the key of the last record it gave, which `after` accepts to
