@@ -51,8 +51,14 @@ impl JsonListWriter {
     }
 }
 
-/// One CSV field (RFC 4180): quoted when it holds a comma, a quote or a line break.
+/// One CSV field (RFC 4180): quoted when it holds a comma, a quote or a line break. A value
+/// that a spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`, a tab or a
+/// carriage return; device names and user fields come from vendors and end users) gets a
+/// leading `'`, as OWASP's CSV-injection advice says, so opening the export runs nothing.
 pub fn csv_field(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        return format!("\"'{}\"", s.replace('"', "\"\""));
+    }
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -229,6 +235,19 @@ mod tests {
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+    }
+
+    #[test]
+    fn csv_fields_that_a_spreadsheet_would_run_are_defused() {
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
+        );
+        assert_eq!(csv_field("+1"), "\"'+1\"");
+        assert_eq!(csv_field("-2"), "\"'-2\"");
+        assert_eq!(csv_field("@SUM(A1)"), "\"'@SUM(A1)\"");
+        assert_eq!(csv_field("\tcmd"), "\"'\tcmd\"");
+        assert_eq!(csv_field("C02X-1"), "C02X-1");
     }
     use assetsync::summary::{Counts, Pages, RecordError, Status};
 
