@@ -339,6 +339,31 @@ mod tests {
         ));
         let c = Cli::try_parse_from([
             "assetsync",
+            "plan",
+            "--event",
+            "e.json",
+            "--allow-drop",
+            "--json",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.cmd,
+            Cmd::Plan {
+                allow_drop: true,
+                ..
+            }
+        ));
+        let c = Cli::try_parse_from(["assetsync", "sync", "--event", "e.json", "--allow-drop"])
+            .unwrap();
+        assert!(matches!(
+            c.cmd,
+            Cmd::Sync {
+                allow_drop: true,
+                ..
+            }
+        ));
+        let c = Cli::try_parse_from([
+            "assetsync",
             "local",
             "up",
             "--endpoint",

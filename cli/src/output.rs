@@ -431,3 +431,51 @@ pub fn plan_text(p: &assetsync::plan::Plan) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use assetsync::plan::{Plan, PlannedMissing, PlannedUpdate, RunningRun};
+    use assetsync::register::Change;
+
+    #[test]
+    fn a_plan_reads_as_what_a_sync_would_do() {
+        let mut p = Plan {
+            connection: "jamf-prod".into(),
+            source: "jamf".into(),
+            object_type: "Hardware".into(),
+            mode: "create-update".into(),
+            records_fetched: 10,
+            pages: 1,
+            running: Some(RunningRun {
+                run_id: "r9".into(),
+                started_at: "t".into(),
+            }),
+            ..Default::default()
+        };
+        p.counts.updated = 1;
+        p.update.push(PlannedUpdate {
+            key: "C02".into(),
+            changes: vec![Change {
+                attr: "OS Version".into(),
+                old: Some("14.5".into()),
+                new: "15.0".into(),
+            }],
+        });
+        p.mark_missing.push(PlannedMissing {
+            key: "C03".into(),
+            still_reported_by: vec!["intune-prod".into()],
+        });
+        let t = plan_text(&p);
+        assert!(
+            t.contains("nothing was written") && t.contains("update 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("OS Version") && t.contains("14.5") && t.contains("15.0"),
+            "{t}"
+        );
+        assert!(t.contains("still reported by intune-prod"), "{t}");
+        assert!(t.contains("run in progress (r9"), "{t}");
+    }
+}
