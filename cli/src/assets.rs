@@ -1,9 +1,7 @@
 //! `assets list|get|set|history`.
 
 use anyhow::anyhow;
-use assetsync::console::{
-    self, format_history, format_record, one_line, table, ConsoleError, RecordView,
-};
+use assetsync::console::{self, format_history, one_line, table, ConsoleError, RecordView};
 use assetsync::error::chain;
 use assetsync::event::ObjectType;
 use assetsync::register::{attr, StoredRecord};
@@ -94,10 +92,14 @@ pub async fn run(g: &Global, cmd: AssetsCmd) -> anyhow::Result<()> {
                         key: key.clone(),
                     })
                 })?;
+            let mut view = RecordView::from(&rec);
+            console::presence(&store, &mut view)
+                .await
+                .map_err(console_err)?;
             if g.json {
-                return output::json(&RecordView::from(&rec));
+                return output::json(&view);
             }
-            print!("{}", format_record(&rec));
+            print!("{}", console::format_view(&view));
             Ok(())
         }
         AssetsCmd::Set {

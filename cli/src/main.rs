@@ -81,6 +81,20 @@ enum Cmd {
         /// The connection event (JSON, as in events/); its `action` is taken as `sync`.
         #[arg(long, value_name = "FILE")]
         event: PathBuf,
+        /// Release the circuit breaker for this one run (event field `allow_drop`): mark missing
+        /// even though the record count fell beyond the connection's `config:max_drop`.
+        #[arg(long)]
+        allow_drop: bool,
+    },
+    /// Fetch the connection and show what a sync would do now (create, update with old and new
+    /// values, mark missing or unmark, skip, and the counts); writes nothing.
+    Plan {
+        /// The connection event (JSON, as in events/); its `action` is taken as `plan`.
+        #[arg(long, value_name = "FILE")]
+        event: PathBuf,
+        /// Plan as `sync --allow-drop` would run: with the circuit breaker released.
+        #[arg(long)]
+        allow_drop: bool,
     },
     /// Fetch the first page and show raw and mapped records; writes nothing.
     Sample {
@@ -220,7 +234,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
     match cli.cmd {
         Cmd::Local { cmd } => local_stack::run(&g, cmd).await,
-        Cmd::Sync { event } => sync::sync(&g, &event).await,
+        Cmd::Sync { event, allow_drop } => sync::sync(&g, &event, allow_drop).await,
+        Cmd::Plan { event, allow_drop } => sync::plan(&g, &event, allow_drop).await,
         Cmd::Sample { event } => {
             sync::sample_or_test(&g, &event, assetsync::event::Action::Sample).await
         }
@@ -320,6 +335,31 @@ mod tests {
             c.cmd,
             Cmd::Runs {
                 cmd: RunsCmd::List { limit: 5, .. }
+            }
+        ));
+        let c = Cli::try_parse_from([
+            "assetsync",
+            "plan",
+            "--event",
+            "e.json",
+            "--allow-drop",
+            "--json",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.cmd,
+            Cmd::Plan {
+                allow_drop: true,
+                ..
+            }
+        ));
+        let c = Cli::try_parse_from(["assetsync", "sync", "--event", "e.json", "--allow-drop"])
+            .unwrap();
+        assert!(matches!(
+            c.cmd,
+            Cmd::Sync {
+                allow_drop: true,
+                ..
             }
         ));
         let c = Cli::try_parse_from([

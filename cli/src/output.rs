@@ -325,3 +325,176 @@ mod tests {
         assert!(t.contains("(stuck)"), "a stuck run is marked: {t}");
     }
 }
+
+/// A plan for people: what a sync would do now, then each list as a table.
+pub fn plan_text(p: &assetsync::plan::Plan) -> String {
+    let c = &p.counts;
+    let total = p
+        .vendor_total
+        .map(|t| format!(" (the vendor reports {t})"))
+        .unwrap_or_default();
+    let mut out = format!(
+        "plan of {} ({}, {}, {}): {} records fetched in {} page(s){total}; nothing was written\n",
+        p.connection, p.source, p.object_type, p.mode, p.records_fetched, p.pages
+    );
+    if let Some(r) = &p.running {
+        out.push_str(&format!(
+            "note: the connection has a run in progress ({}, started {}); the register may change before it ends\n",
+            r.run_id, r.started_at
+        ));
+    }
+    out.push_str(&format!(
+        "a sync now would: create {}  update {}  leave unchanged {}  skip {}  not find {}  mark missing {}  duplicate {}\n",
+        c.created, c.updated, c.unchanged, c.skipped, c.not_found, c.missing, c.duplicate
+    ));
+    let g = &p.guard;
+    out.push_str(&format!(
+        "guards: missing after {} complete run(s); breaker {} (max drop {}, baseline {}){}\n",
+        g.missing_after,
+        g.breaker,
+        g.max_drop_percent
+            .map(|d| format!("{d}%"))
+            .unwrap_or_else(|| "off".into()),
+        g.baseline
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "none yet".into()),
+        if g.allow_drop { ", allow_drop" } else { "" }
+    ));
+    if let Some(m) = &p.message {
+        out.push_str(&format!("{}\n", one_line(m)));
+    }
+    if !p.create.is_empty() {
+        out.push_str(&format!("\ncreate ({}):\n", p.create.len()));
+        let rows: Vec<Vec<String>> = p
+            .create
+            .iter()
+            .map(|r| {
+                let attrs: Vec<String> = r
+                    .attributes
+                    .iter()
+                    .map(|(a, v)| format!("{a}={}", one_line(v)))
+                    .collect();
+                vec![r.key.clone(), attrs.join("; ")]
+            })
+            .collect();
+        out.push_str(&table(&["key", "attributes"], &rows));
+    }
+    if !p.update.is_empty() {
+        out.push_str(&format!("\nupdate ({}):\n", p.update.len()));
+        let mut rows = Vec::new();
+        for u in &p.update {
+            if u.changes.is_empty() {
+                rows.push(vec![
+                    u.key.clone(),
+                    "(source entry)".into(),
+                    "-".into(),
+                    "-".into(),
+                ]);
+            }
+            for ch in &u.changes {
+                rows.push(vec![
+                    u.key.clone(),
+                    ch.attr.clone(),
+                    one_line(ch.old.as_deref().unwrap_or("-")),
+                    one_line(&ch.new),
+                ]);
+            }
+        }
+        out.push_str(&table(&["key", "attribute", "old", "new"], &rows));
+    }
+    if !p.mark_missing.is_empty() {
+        out.push_str(&format!("\nmark missing ({}):\n", p.mark_missing.len()));
+        let rows: Vec<Vec<String>> = p
+            .mark_missing
+            .iter()
+            .map(|m| {
+                vec![
+                    m.key.clone(),
+                    if m.still_reported_by.is_empty() {
+                        "missing (no connection reports it)".into()
+                    } else {
+                        format!(
+                            "not missing: still reported by {}",
+                            m.still_reported_by.join(", ")
+                        )
+                    },
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["key", "then"], &rows));
+    }
+    if !p.unmark_missing.is_empty() {
+        out.push_str(&format!(
+            "\nunmark (reported again, {}): {}\n",
+            p.unmark_missing.len(),
+            p.unmark_missing.join(", ")
+        ));
+    }
+    if !p.absent.is_empty() {
+        out.push_str(&format!("\nabsent, not marked ({}):\n", p.absent.len()));
+        let rows: Vec<Vec<String>> = p
+            .absent
+            .iter()
+            .map(|a| vec![a.key.clone(), a.absent_runs.to_string(), a.state.clone()])
+            .collect();
+        out.push_str(&table(&["key", "absent runs", "why"], &rows));
+    }
+    if !p.skipped.is_empty() {
+        out.push_str(&format!("\nskipped ({}):\n", p.skipped.len()));
+        let rows: Vec<Vec<String>> = p
+            .skipped
+            .iter()
+            .map(|s| vec![s.key.clone(), one_line(&s.reason)])
+            .collect();
+        out.push_str(&table(&["key", "reason"], &rows));
+    }
+    out
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use assetsync::plan::{Plan, PlannedMissing, PlannedUpdate, RunningRun};
+    use assetsync::register::Change;
+
+    #[test]
+    fn a_plan_reads_as_what_a_sync_would_do() {
+        let mut p = Plan {
+            connection: "jamf-prod".into(),
+            source: "jamf".into(),
+            object_type: "Hardware".into(),
+            mode: "create-update".into(),
+            records_fetched: 10,
+            pages: 1,
+            running: Some(RunningRun {
+                run_id: "r9".into(),
+                started_at: "t".into(),
+            }),
+            ..Default::default()
+        };
+        p.counts.updated = 1;
+        p.update.push(PlannedUpdate {
+            key: "C02".into(),
+            changes: vec![Change {
+                attr: "OS Version".into(),
+                old: Some("14.5".into()),
+                new: "15.0".into(),
+            }],
+        });
+        p.mark_missing.push(PlannedMissing {
+            key: "C03".into(),
+            still_reported_by: vec!["intune-prod".into()],
+        });
+        let t = plan_text(&p);
+        assert!(
+            t.contains("nothing was written") && t.contains("update 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("OS Version") && t.contains("14.5") && t.contains("15.0"),
+            "{t}"
+        );
+        assert!(t.contains("still reported by intune-prod"), "{t}");
+        assert!(t.contains("run in progress (r9"), "{t}");
+    }
+}

@@ -132,9 +132,23 @@ async fn leased_run(runs: &Runs, connection: &str) -> Option<RunItem> {
         .filter(|r| r.status == "running")
 }
 
-/// `assetsync sync --event FILE`.
-pub async fn sync(g: &Global, path: &Path) -> anyhow::Result<()> {
-    let (value, event) = read_event(path, Action::Sync)?;
+/// Set the event's one-off breaker override (`--allow-drop`).
+fn with_allow_drop(
+    (mut value, mut event): (Value, ConnectionEvent),
+    allow_drop: bool,
+) -> (Value, ConnectionEvent) {
+    if allow_drop {
+        if let Some(o) = value.as_object_mut() {
+            o.insert("allow_drop".into(), Value::Bool(true));
+        }
+        event.allow_drop = true;
+    }
+    (value, event)
+}
+
+/// `assetsync sync --event FILE [--allow-drop]`.
+pub async fn sync(g: &Global, path: &Path, allow_drop: bool) -> anyhow::Result<()> {
+    let (value, event) = with_allow_drop(read_event(path, Action::Sync)?, allow_drop);
     let target = Target::resolve(g).await?;
     let summary = if target.in_process(g) {
         sync_in_process(&target, value, &event).await?
@@ -347,6 +361,30 @@ async fn invoke(
         bail!("the fetcher {function} failed ({kind}): {msg}");
     }
     Ok(value)
+}
+
+/// `assetsync plan --event FILE [--allow-drop]`: what a sync would do now, writing nothing.
+pub async fn plan(g: &Global, path: &Path, allow_drop: bool) -> anyhow::Result<()> {
+    let (value, _event) = with_allow_drop(read_event(path, Action::Plan)?, allow_drop);
+    let target = Target::resolve(g).await?;
+    let answer = if target.in_process(g) {
+        let fetcher = local_runner_for(&target).fetcher;
+        fetcher
+            .handle(value, Some(Instant::now() + FETCHER_BUDGET))
+            .await
+            .map_err(|e| anyhow!("{}", chain(&e)))?
+    } else {
+        let function = fetcher_function(&target)?;
+        invoke(&aws_sdk_lambda::Client::new(&target.sdk), &function, &value).await?
+    };
+    let plan: assetsync::plan::Plan = serde_json::from_value(answer.clone())
+        .map_err(|e| anyhow!("the fetcher's plan is not one ({e}): {answer}"))?;
+    if g.json {
+        output::json(&plan)
+    } else {
+        print!("{}", output::plan_text(&plan));
+        Ok(())
+    }
 }
 
 /// `assetsync sample|test --event FILE`.

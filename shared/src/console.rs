@@ -627,6 +627,14 @@ pub struct SourceView {
     /// Date the connection stopped reporting the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_since: Option<String>,
+    /// When the connection last reported the record: the start of its last complete run that
+    /// did (filled by [`presence`]; unknown before the connection's first guarded run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    /// Consecutive complete runs of the connection that have not reported it, while it is not
+    /// marked missing yet (its grace: `config:missing_after`). Filled by [`presence`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absent_runs: Option<u32>,
 }
 
 /// A record as `assets get --json` prints it.
@@ -641,6 +649,13 @@ pub struct RecordView {
     pub sources: Vec<SourceView>,
     /// Connections that no longer report the record.
     pub missing_from: Vec<String>,
+    /// Connections that still report it (not marked missing from them).
+    #[serde(default)]
+    pub reported_by: Vec<String>,
+    /// Whether the record is missing: every connection that reported it has stopped (a record
+    /// another connection still reports is not missing).
+    #[serde(default)]
+    pub missing: bool,
 }
 
 impl From<&StoredRecord> for RecordView {
@@ -668,13 +683,21 @@ impl From<&StoredRecord> for RecordView {
                 checked_in: s.ci.clone(),
                 run: s.run.clone(),
                 missing_since: s.missing.clone(),
+                last_seen: None,
+                absent_runs: None,
             })
             .collect();
-        let missing_from = sources
+        let missing_from: Vec<String> = sources
             .iter()
             .filter(|s| s.missing_since.is_some())
             .map(|s| s.connection.clone())
             .collect();
+        let reported_by: Vec<String> = sources
+            .iter()
+            .filter(|s| s.missing_since.is_none())
+            .map(|s| s.connection.clone())
+            .collect();
+        let missing = !sources.is_empty() && reported_by.is_empty();
         RecordView {
             object_type: r.object_type.clone(),
             key: r.key.clone(),
@@ -684,8 +707,51 @@ impl From<&StoredRecord> for RecordView {
             attributes,
             sources,
             missing_from,
+            reported_by,
+            missing,
         }
     }
+}
+
+/// Fill in when each connection last reported the record and how many complete runs have not
+/// since: from its membership items and the connections' guard states (reads only; no run
+/// writes anything per unchanged record for this).
+pub async fn presence(store: &Store, view: &mut RecordView) -> Result<(), ConsoleError> {
+    let mut keys = Vec::new();
+    for s in &view.sources {
+        keys.push((
+            format!("M#{}", s.connection),
+            format!("{}#{}", view.object_type, view.key),
+        ));
+        keys.push((format!("G#{}", s.connection), view.object_type.clone()));
+    }
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let items = store.batch_get(&keys).await?;
+    for s in &mut view.sources {
+        let member: Option<crate::runs::Member> = items
+            .get(&(
+                format!("M#{}", s.connection),
+                format!("{}#{}", view.object_type, view.key),
+            ))
+            .and_then(|i| crate::store::from_item(i.clone()).ok());
+        let guard: Option<crate::runs::GuardState> = items
+            .get(&(format!("G#{}", s.connection), view.object_type.clone()))
+            .and_then(|i| crate::store::from_item(i.clone()).ok());
+        let Some(m) = member else { continue };
+        let last_run = guard.as_ref().and_then(|g| g.last_run.clone());
+        let absent = m.ab > 0 && m.ar.is_some() && m.ar == last_run;
+        if m.missing.is_some() || s.missing_since.is_some() || absent {
+            s.last_seen = m.ls.clone();
+            if absent && m.missing.is_none() && s.missing_since.is_none() {
+                s.absent_runs = Some(m.ab);
+            }
+        } else {
+            s.last_seen = guard.and_then(|g| g.last_at);
+        }
+    }
+    Ok(())
 }
 
 /// A plain-text table: a header row, a rule, and left-aligned columns (widths in characters).
@@ -734,7 +800,11 @@ pub fn table<S: AsRef<str>>(headers: &[&str], rows: &[Vec<S>]) -> String {
 
 /// A record for people: a header, its attributes with who set each and when, its sources.
 pub fn format_record(r: &StoredRecord) -> String {
-    let v = RecordView::from(r);
+    format_view(&RecordView::from(r))
+}
+
+/// A record view for people (with [`presence`] filled in, its sources say when each last saw it).
+pub fn format_view(v: &RecordView) -> String {
     let mut out = format!(
         "{} {}  (version {}, created {} by {})\n\n",
         v.object_type,
@@ -771,10 +841,12 @@ pub fn format_record(r: &StoredRecord) -> String {
                     s.source_id.clone().unwrap_or_else(|| "-".into()),
                     s.checked_in.clone().unwrap_or_else(|| "-".into()),
                     or_dash(&s.run).to_string(),
-                    s.missing_since
-                        .clone()
-                        .map(|d| format!("missing since {d}"))
-                        .unwrap_or_else(|| "reported".into()),
+                    match (&s.missing_since, s.absent_runs) {
+                        (Some(d), _) => format!("missing since {d}"),
+                        (None, Some(n)) => format!("not in the last {n} complete run(s)"),
+                        (None, None) => "reported".into(),
+                    },
+                    s.last_seen.clone().unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
@@ -785,12 +857,22 @@ pub fn format_record(r: &StoredRecord) -> String {
                 "checked in",
                 "last run",
                 "state",
+                "last seen",
             ],
             &rows,
         ));
     }
-    if !v.missing_from.is_empty() {
-        out.push_str(&format!("\nmissing from: {}\n", v.missing_from.join(", ")));
+    if v.missing {
+        out.push_str(&format!(
+            "\nmissing: no connection reports it any more (missing from: {})\n",
+            v.missing_from.join(", ")
+        ));
+    } else if !v.missing_from.is_empty() {
+        out.push_str(&format!(
+            "\nmissing from: {} (not missing: still reported by {})\n",
+            v.missing_from.join(", "),
+            v.reported_by.join(", ")
+        ));
     }
     out
 }

@@ -88,6 +88,8 @@ pub enum Action {
     Sync,
     Sample,
     Test,
+    /// Fetch and decide as a sync would, writing nothing (`assetsync plan`).
+    Plan,
 }
 
 /// The connection event: the schedule's input, or a manual invocation. Unknown fields are an error.
@@ -108,6 +110,10 @@ pub struct ConnectionEvent {
     /// Scheduler's `<aws.scheduler.scheduled-time>`, when the schedule passes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_time: Option<String>,
+    /// One-off release of the circuit breaker: this run may mark records missing even though its
+    /// record count fell beyond the connection's `config:max_drop` (`assetsync sync --allow-drop`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_drop: bool,
 }
 
 impl ConnectionEvent {

@@ -132,10 +132,14 @@ impl Fetcher {
             }
             Action::Sample => self.sample(&event).await,
             Action::Test => Ok(self.test(&event).await),
+            Action::Plan => {
+                let plan = crate::plan::plan(self, &event).await?;
+                serde_json::to_value(plan).map_err(|e| SyncError::Other(e.to_string()))
+            }
         }
     }
 
-    async fn connector(
+    pub(crate) async fn connector(
         &self,
         event: &ConnectionEvent,
         mapping: &Mapping,
@@ -152,8 +156,8 @@ impl Fetcher {
             store: self.store.clone(),
             connection: event.connection.clone(),
         });
-        if event.action == Action::Sample {
-            // A sample promises to write nothing: connector caches stay in memory.
+        if matches!(event.action, Action::Sample | Action::Plan) {
+            // A sample or a plan promises to write nothing: connector caches stay in memory.
             state = Arc::new(connectors::ReadOnlyState::new(state));
         }
         let ctx = ConnectorContext {
@@ -180,6 +184,8 @@ impl Fetcher {
         deadline: Option<Instant>,
     ) -> Result<Value, SyncError> {
         let mapping = resolve_mapping(event)?;
+        // A bad guard setting fails the start, not the sweep at the end.
+        crate::guard::GuardConfig::from_mapping(&mapping)?;
         let connector = self.connector(event, &mapping, false).await?;
         let token = new_token();
         let (run, resumed) = match self.runs.start(event, &token).await {

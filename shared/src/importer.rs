@@ -60,10 +60,17 @@ fn outcome_name(o: &str) -> &'static str {
 
 /// The volatile attributes of a run: its mapping's, or the defaults.
 fn volatile_of(run: Option<&RunItem>) -> BTreeSet<String> {
-    let mapping = run
-        .and_then(|r| serde_json::from_str::<ConnectionEvent>(&r.event).ok())
-        .and_then(|e| e.mapping)
-        .and_then(|m| Mapping::parse(&m).ok());
+    volatile_of_event(
+        run.and_then(|r| serde_json::from_str::<ConnectionEvent>(&r.event).ok())
+            .as_ref(),
+    )
+}
+
+/// The volatile attributes of a connection event (what [`volatile_of`] reads from its run).
+pub(crate) fn volatile_of_event(event: Option<&ConnectionEvent>) -> BTreeSet<String> {
+    let mapping = event
+        .and_then(|e| e.mapping.as_deref())
+        .and_then(|m| Mapping::parse(m).ok());
     match mapping {
         Some(m) => m.volatile,
         None => DEFAULT_VOLATILE.iter().map(|a| a.to_string()).collect(),
@@ -514,7 +521,7 @@ impl Importer {
 
     /// Read the email index entries this page needs: people's emails (to index them and resolve
     /// waiting devices) and devices' user emails whose assignment is not settled.
-    async fn load_emails(
+    pub(crate) async fn load_emails(
         &self,
         ot: ObjectType,
         kept: &[MappedRecord],
@@ -1040,7 +1047,7 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The assignment a device should have, as changes to make (`None` removes the attribute).
-fn assignment_changes(
+pub(crate) fn assignment_changes(
     a: &BTreeMap<String, String>,
     rec: &StoredRecord,
     emails: &HashMap<String, EmailEntry>,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{AwsError, SyncError};
 use crate::event::ConnectionEvent;
+use crate::guard::{self, Absence, GuardConfig, Verdict};
 use crate::store::{dyn_err, from_item, is_condition_failed, n, s, to_item, Item, Store};
 use crate::summary::{Counts, Pages, RecordError, RunSummary, Status};
 
@@ -185,6 +186,11 @@ pub struct PageMarker {
 struct Lease {
     run_id: String,
     started_at: String,
+}
+
+/// The run id a lease item names.
+pub fn from_lease(item: Item) -> Option<String> {
+    from_item::<Lease>(item).ok().map(|l| l.run_id)
 }
 
 /// What starting a sync found.
@@ -843,9 +849,10 @@ impl Runs {
             Err(e) => return Err(dyn_err("UpdateItem", e)),
         }
         crate::failpoint::hit_aws("finish.after_claim")?;
-        let (missing, message) = self.sweep_missing(&run, &totals).await?;
+        let sweep = self.sweep_missing(&run, &totals).await?;
+        let (missing, message) = (sweep.marked, sweep.message);
         crate::failpoint::hit_aws("finish.after_sweep")?;
-        let status = if totals.pages_dead > 0 || totals.counts.errors > 0 {
+        let status = if totals.pages_dead > 0 || totals.counts.errors > 0 || sweep.held {
             "succeeded_with_errors"
         } else {
             "succeeded"
@@ -954,44 +961,46 @@ impl Runs {
         )
     }
 
-    /// Mark the connection's records not seen in this run as missing. Returns how many this run
-    /// marked (counted by the `mr` field, so a repeated sweep counts the same), and a note when
-    /// the sweep was skipped.
-    async fn sweep_missing(
-        &self,
-        run: &RunItem,
-        totals: &PageTotals,
-    ) -> Result<(u64, Option<String>), AwsError> {
+    /// Mark the connection's records not seen in this run as missing, guarded: a record is marked
+    /// only once it has been absent from `config:missing_after` consecutive complete runs, and not
+    /// at all when the circuit breaker holds the run (its record count fell too far against the
+    /// connection's baseline). Returns what the sweep came to; `marked` counts the records this
+    /// run left reported by no connection at all (counted by the `mr` field, so a repeated sweep
+    /// counts the same).
+    async fn sweep_missing(&self, run: &RunItem, totals: &PageTotals) -> Result<Sweep, AwsError> {
+        let skipped = |m: String| Sweep {
+            marked: 0,
+            message: Some(m),
+            held: false,
+        };
         if totals.pages_dead > 0 {
-            return Ok((
-                0,
-                Some(format!(
-                    "{} page(s) dead-lettered: no record was marked missing",
-                    totals.pages_dead
-                )),
-            ));
+            return Ok(skipped(format!(
+                "{} page(s) dead-lettered: no record was marked missing",
+                totals.pages_dead
+            )));
         }
         if let Some(total) = run.vendor_total {
             if total != run.records_fetched {
-                return Ok((
-                    0,
-                    Some(format!(
-                        "the vendor reported {total} records but {} were fetched: no record was marked missing",
-                        run.records_fetched
-                    )),
-                ));
+                return Ok(skipped(format!(
+                    "the vendor reported {total} records but {} were fetched: no record was marked missing",
+                    run.records_fetched
+                )));
             }
         }
         if let Some(newer) = self.newer_run(run).await? {
             // The membership now reflects a newer run: sweeping with it would mark what that run
             // created as missing from this one.
-            return Ok((
-                0,
-                Some(format!(
-                    "a newer run ({newer}) of this connection has started: no record was marked missing"
-                )),
-            ));
+            return Ok(skipped(format!(
+                "a newer run ({newer}) of this connection has started: no record was marked missing"
+            )));
         }
+        let (cfg, allow_drop) = guard_config_of(run);
+        let state = self
+            .guard_state(&run.connection, &run.object_type)
+            .await?
+            .unwrap_or_default();
+        let before = state.before(&run.run_id);
+        let breaker = guard::breaker(&cfg, before.baseline, run.records_fetched, allow_drop);
         let seen = self.seen_keys(&run.run_id).await?;
         let prefix = format!("{}#", run.object_type);
         let members = self
@@ -1001,26 +1010,162 @@ impl Runs {
         let today = Utc::now().format("%Y-%m-%d").to_string();
         let mut marked = 0u64;
         for item in members {
-            let m: Member = from_item(item.clone())?;
+            let m: Member = from_item(item)?;
             if seen.contains(&m.key) {
+                if m.ab > 0 && m.missing.is_none() {
+                    // Seen again within its grace: its count starts over (one write, once).
+                    self.note_absence(run, &m.key, None).await?;
+                }
                 continue;
             }
             if m.missing.is_some() {
-                marked += u64::from(m.mr.as_deref() == Some(run.run_id.as_str()));
+                if m.mr.as_deref() == Some(run.run_id.as_str())
+                    && self.missing_everywhere(&run.object_type, &m.key).await?
+                {
+                    marked += 1;
+                }
                 continue;
             }
-            if self.mark_missing(run, &m.key, &today).await? {
+            let absence = Absence {
+                count: m.ab,
+                run: m.ar.clone(),
+            };
+            let absent = guard::next_absence(&absence, &run.run_id, before.run.as_deref());
+            if m.ar.as_deref() != Some(run.run_id.as_str()) {
+                // Last seen: by the complete run before the absence began.
+                let ls = if absent == 1 {
+                    before.at.clone()
+                } else {
+                    m.ls.clone()
+                };
+                self.note_absence(run, &m.key, Some((absent, ls))).await?;
+            }
+            if guard::verdict(&cfg, absent, &breaker) == Verdict::Mark
+                && self.mark_missing(run, &m.key, &today).await? == Some(true)
+            {
                 marked += 1;
             }
         }
-        Ok((marked, None))
+        self.put_guard_state(run, &state, &before, breaker.sets_baseline())
+            .await?;
+        Ok(Sweep {
+            marked,
+            message: breaker.message(),
+            held: !breaker.may_mark(),
+        })
     }
 
-    async fn mark_missing(&self, run: &RunItem, key: &str, date: &str) -> Result<bool, AwsError> {
+    /// A connection's guard state (`G#<connection>` / `<Type>`).
+    pub async fn guard_state(
+        &self,
+        connection: &str,
+        object_type: &str,
+    ) -> Result<Option<GuardState>, AwsError> {
+        self.store
+            .get(&format!("G#{connection}"), object_type)
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
+    /// Record the end of a complete run in the connection's guard state (one write per run).
+    async fn put_guard_state(
+        &self,
+        run: &RunItem,
+        state: &GuardState,
+        before: &GuardBefore,
+        new_baseline: bool,
+    ) -> Result<(), AwsError> {
+        let next = GuardState {
+            last_run: Some(run.run_id.clone()),
+            last_at: Some(run.started_at.clone()),
+            baseline: if new_baseline {
+                Some(run.records_fetched)
+            } else {
+                before.baseline
+            },
+            prev_run: before.run.clone(),
+            prev_at: before.at.clone(),
+            prev_baseline: before.baseline,
+        };
+        if &next == state {
+            return Ok(());
+        }
+        self.store
+            .ddb
+            .put_item()
+            .table_name(&self.store.table)
+            .set_item(Some(to_item(
+                &format!("G#{}", run.connection),
+                &run.object_type,
+                &next,
+            )?))
+            .send()
+            .await
+            .map_err(|e| dyn_err("PutItem", e))?;
+        Ok(())
+    }
+
+    /// Set (`Some`) or clear (`None`) a membership item's absence count; never on a record
+    /// already marked missing (that is the importer's to unmark).
+    async fn note_absence(
+        &self,
+        run: &RunItem,
+        key: &str,
+        absence: Option<(u32, Option<String>)>,
+    ) -> Result<(), AwsError> {
+        let mut upd = self
+            .store
+            .ddb
+            .update_item()
+            .table_name(&self.store.table)
+            .key("pk", s(format!("M#{}", run.connection)))
+            .key("sk", s(format!("{}#{key}", run.object_type)))
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(#mi)")
+            .expression_attribute_names("#mi", "missing");
+        upd = match absence {
+            None => upd.update_expression("REMOVE ab, ar, ls"),
+            Some((count, ls)) => {
+                let u = upd
+                    .expression_attribute_values(":ab", n(count))
+                    .expression_attribute_values(":ar", s(&run.run_id));
+                match ls {
+                    Some(ls) => u
+                        .update_expression("SET ab = :ab, ar = :ar, ls = :ls")
+                        .expression_attribute_values(":ls", s(ls)),
+                    None => u.update_expression("SET ab = :ab, ar = :ar"),
+                }
+            }
+        };
+        match upd.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failed(&e) => Ok(()),
+            Err(e) => Err(dyn_err("UpdateItem", e)),
+        }
+    }
+
+    /// Whether no connection reports the record any more (every source entry is marked missing).
+    async fn missing_everywhere(&self, object_type: &str, key: &str) -> Result<bool, AwsError> {
+        Ok(self
+            .store
+            .record(object_type, key)
+            .await?
+            .is_some_and(|r| r.src.values().all(|s| s.missing.is_some())))
+    }
+
+    /// Mark a record missing from the run's connection. `None`: not marked (it is gone, or was
+    /// marked already); `Some(everywhere)`: marked, and whether no connection reports it now.
+    async fn mark_missing(
+        &self,
+        run: &RunItem,
+        key: &str,
+        date: &str,
+    ) -> Result<Option<bool>, AwsError> {
         // The record: its source entry for this connection gets the date.
+        let mut everywhere = false;
         for _ in 0..5 {
             let Some(mut rec) = self.store.record(&run.object_type, key).await? else {
-                return Ok(false);
+                return Ok(None);
             };
             let ver = rec.ver;
             let Some(src) = rec.src.get_mut(&run.connection) else {
@@ -1033,6 +1178,7 @@ impl Runs {
                     continue;
                 }
             }
+            everywhere = rec.src.values().all(|s| s.missing.is_some());
             break;
         }
         let upd = self
@@ -1050,8 +1196,8 @@ impl Runs {
             .send()
             .await;
         match upd {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
+            Ok(_) => Ok(Some(everywhere)),
+            Err(e) if is_condition_failed(&e) => Ok(None),
             Err(e) => Err(dyn_err("UpdateItem", e)),
         }
     }
@@ -1121,6 +1267,96 @@ pub struct Member {
     /// The run that marked it missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mr: Option<String>,
+    /// Consecutive complete runs of the connection that did not report it (0: it was reported).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ab: u32,
+    /// The complete run that last raised `ab`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ar: Option<String>,
+    /// When the connection last reported it (start of the last complete run that did), written
+    /// when its absence begins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ls: Option<String>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// What a missing sweep came to.
+#[derive(Debug, Clone, Default)]
+struct Sweep {
+    /// Records this run left reported by no connection.
+    marked: u64,
+    /// Why nothing (or what) was marked, for the run's message.
+    message: Option<String>,
+    /// The circuit breaker held the run: it ends `succeeded_with_errors`.
+    held: bool,
+}
+
+/// A connection's guard state (`G#<connection>` / `<Type>`), written once per complete run: its
+/// last complete run (for consecutive absences and "last seen") and the breaker's baseline.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct GuardState {
+    /// The last complete run that swept (or that the breaker held).
+    #[serde(default)]
+    pub last_run: Option<String>,
+    /// When that run started: when it saw the records it reported.
+    #[serde(default)]
+    pub last_at: Option<String>,
+    /// Record count of the last complete run the breaker let through (its baseline).
+    #[serde(default)]
+    pub baseline: Option<u64>,
+    /// The three above as they were before `last_run`, so a repeated sweep of that run (after a
+    /// crash) reads what its first sweep read.
+    #[serde(default)]
+    pub prev_run: Option<String>,
+    #[serde(default)]
+    pub prev_at: Option<String>,
+    #[serde(default)]
+    pub prev_baseline: Option<u64>,
+}
+
+/// The guard state as a run found it before its sweep.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GuardBefore {
+    /// The connection's previous complete run, and when it started.
+    pub run: Option<String>,
+    pub at: Option<String>,
+    /// The breaker's baseline.
+    pub baseline: Option<u64>,
+}
+
+impl GuardState {
+    /// The state as run `run_id` found it (before its own sweep wrote it).
+    pub fn before(&self, run_id: &str) -> GuardBefore {
+        if self.last_run.as_deref() == Some(run_id) {
+            GuardBefore {
+                run: self.prev_run.clone(),
+                at: self.prev_at.clone(),
+                baseline: self.prev_baseline,
+            }
+        } else {
+            GuardBefore {
+                run: self.last_run.clone(),
+                at: self.last_at.clone(),
+                baseline: self.baseline,
+            }
+        }
+    }
+}
+
+/// A run's guard settings (its mapping's `config:` lines; the defaults if they do not parse,
+/// which the fetcher refused at the start anyway) and its one-off breaker override.
+pub fn guard_config_of(run: &RunItem) -> (GuardConfig, bool) {
+    let Ok(event) = serde_json::from_str::<ConnectionEvent>(&run.event) else {
+        return (GuardConfig::default(), false);
+    };
+    let cfg = crate::fetcher::resolve_mapping(&event)
+        .ok()
+        .and_then(|m| GuardConfig::from_mapping(&m).ok())
+        .unwrap_or_default();
+    (cfg, event.allow_drop)
 }
 
 /// The membership item for a record.
@@ -1130,8 +1366,7 @@ pub fn member_item(connection: &str, object_type: &str, key: &str) -> Result<Ite
         &format!("{object_type}#{key}"),
         &Member {
             key: key.to_string(),
-            missing: None,
-            mr: None,
+            ..Default::default()
         },
     )
 }

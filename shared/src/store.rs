@@ -4,7 +4,9 @@
 //! - `R#<Type>#<key>` / `#`: a register record ([`StoredRecord`]).
 //! - `R#<Type>#<key>` / `H#<time>#<run>#<page>`: one change-history entry.
 //! - `E#<email>` / `#`: people with that email, and devices waiting for such a person.
-//! - `M#<connection>` / `<Type>#<key>`: membership, for the missing-device sweep.
+//! - `M#<connection>` / `<Type>#<key>`: membership, for the missing-device sweep (with the
+//!   record's absence count, see `guard`).
+//! - `G#<connection>` / `<Type>`: the missing guards' state (last complete run, breaker baseline).
 //! - `RUN` / `<run_id>`: a run (the audit log); `P#<run_id>` / `<page_id>`: a page marker.
 //! - `L#<connection>` / `#`: the run lease. `SEQ` / `asset_tag`: the asset tag sequence.
 //! - `S#<connection>` / `<key>`: connector state (token and detail caches).

@@ -397,3 +397,88 @@ async fn runs_show_json_has_the_contract_fields_and_errors_are_clear() -> anyhow
     );
     Ok(())
 }
+
+/// `assetsync plan` (in-process against the local stack) writes nothing and says what the sync
+/// that follows does; `assetsync sync --allow-drop` releases the circuit breaker once; `assets get
+/// --json` shows which connections still report a record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_and_allow_drop_through_the_cli() -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(assetsync_bin).await?;
+    let h = Harness::start().await?;
+    let sim = JamfSim::start(JamfConfig {
+        computers: 40,
+        ..JamfConfig::default()
+    })
+    .await?;
+    h.put_secret("assetsync/jamf-cli-plan", &sim.secret())
+        .await?;
+    let mut ev = event(
+        "jamf-cli-plan",
+        "jamf",
+        "assetsync/jamf-cli-plan",
+        "Hardware",
+    );
+    ev["mapping"] = json!("config:missing_after=1");
+    let dir = temp_dir("plan");
+    let stack = write_stack_file(&h, &dir);
+    let event_file = dir.join("jamf-cli-plan.json");
+    std::fs::write(&event_file, serde_json::to_string(&ev)?)?;
+    let event_path = event_file.to_str().unwrap();
+
+    let plan =
+        tokio::task::block_in_place(|| ok_json(&stack, &["--json", "plan", "--event", event_path]));
+    assert!(
+        h.all_records("Hardware").await?.is_empty(),
+        "the plan wrote no record"
+    );
+    let text = tokio::task::block_in_place(|| cli(&stack, &["plan", "--event", event_path]));
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(
+        text.contains("nothing was written") && text.contains("create ("),
+        "{text}"
+    );
+    let first =
+        tokio::task::block_in_place(|| ok_json(&stack, &["--json", "sync", "--event", event_path]));
+    assert_eq!(
+        plan["counts"], first["counts"],
+        "plan {plan} vs sync {first}"
+    );
+
+    // 30% of the fleet gone: held by the breaker; released once with --allow-drop.
+    let mut gone = Vec::new();
+    for i in (0..12).rev() {
+        if let Some(s) = sim.serial(i) {
+            gone.push(s);
+        }
+        sim.remove_computer(i);
+    }
+    let held =
+        tokio::task::block_in_place(|| ok_json(&stack, &["--json", "sync", "--event", event_path]));
+    assert_eq!(held["status"], "succeeded_with_errors", "{held}");
+    assert_eq!(held["counts"]["missing"], 0, "{held}");
+    assert!(
+        held["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("circuit breaker"),
+        "{held}"
+    );
+    let released = tokio::task::block_in_place(|| {
+        ok_json(
+            &stack,
+            &["--json", "sync", "--event", event_path, "--allow-drop"],
+        )
+    });
+    assert_eq!(released["status"], "succeeded", "{released}");
+    assert_eq!(
+        released["counts"]["missing"],
+        gone.len() as u64,
+        "{released}"
+    );
+    let rec = tokio::task::block_in_place(|| {
+        ok_json(&stack, &["--json", "assets", "get", "hardware", &gone[0]])
+    });
+    assert_eq!(rec["missing"], true, "{rec}");
+    assert_eq!(rec["missing_from"], json!(["jamf-cli-plan"]), "{rec}");
+    Ok(())
+}

@@ -25,7 +25,9 @@ async fn jumpcloud_people_then_devices_through_the_real_handlers() {
     .unwrap();
     h.put_secret(SECRET, &sim.secret()).await.unwrap();
     let people = event("jc-people", "jumpcloud", SECRET, "Person");
-    let devices = event("jc-devices", "jumpcloud", SECRET, "Hardware");
+    let mut devices = event("jc-devices", "jumpcloud", SECRET, "Hardware");
+    // No grace: one complete run without a device marks it (the default waits for two).
+    devices["mapping"] = serde_json::json!("config:missing_after=1");
 
     // People first, so devices can be assigned by email.
     let s = h.sync(&people).await.unwrap();

@@ -174,7 +174,9 @@ async fn assignment_created_once_update_only_and_history() -> anyhow::Result<()>
 async fn missing_devices_are_marked_and_unmarked() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     let sim = jamf(&h, 250, 42, "assetsync/jamf-m").await?;
-    let ev = event("jamf-m", "jamf", "assetsync/jamf-m", "Hardware");
+    let mut ev = event("jamf-m", "jamf", "assetsync/jamf-m", "Hardware");
+    // No grace: one complete run without a device marks it (the default waits for two).
+    ev["mapping"] = json!("config:missing_after=1");
     h.sync(&ev).await?;
     let (i, serial) = keyed(&sim)[3].clone();
     let removed = sim.remove_computer(i);

@@ -134,8 +134,12 @@ async fn bench_source(source: &str, n: usize) -> anyhow::Result<Vec<String>> {
     let sim = Sim::start(source, n).await?;
     h.put_secret("assetsync/bench", &sim.secret()).await?;
     let mut ev = event("bench", source, "assetsync/bench", "Hardware");
+    // The sweep marks what one complete run lost (no grace), as before the grace period.
+    ev["mapping"] = json!("config:missing_after=1");
     if source == "endpoint-central" {
-        ev["mapping"] = json!("config:detail_rate=1000000\nconfig:detail_concurrency=16");
+        ev["mapping"] = json!(
+            "config:detail_rate=1000000\nconfig:detail_concurrency=16\nconfig:missing_after=1"
+        );
     }
     let mut out = vec![source.to_string()];
     // First sync.
