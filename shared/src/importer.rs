@@ -16,7 +16,7 @@ use crate::event::{ConnectionEvent, ObjectType, PageMessage};
 use crate::infer;
 use crate::mapping::{MappedRecord, Mapping, DEFAULT_VOLATILE};
 use crate::normalize;
-use crate::pages::{fingerprint, Pack, PackEntry};
+use crate::pages::{fingerprint_under, Pack, PackEntry};
 use crate::register::{
     attr, decide, dedupe_page, Change, Decision, Provenance, SourceRef, StoredRecord, WriteMark,
     Writer,
@@ -344,9 +344,11 @@ impl Importer {
             entries: BTreeMap::new(),
         };
         let mut slow = Vec::new();
+        // A changed precedence changes every fingerprint: the next run reconsiders each record.
+        let salt = self.settings.precedence.digest();
         for r in kept {
             let key = r.key.clone().unwrap_or_default();
-            let fp = fingerprint(&r, volatile);
+            let fp = fingerprint_under(&r, volatile, salt);
             let vals: Vec<String> = pack
                 .attrs
                 .iter()
@@ -773,7 +775,7 @@ impl Importer {
                     for (a, v) in &r.attrs {
                         if w.volatile.contains(a)
                             && rec.a.get(a) != Some(v)
-                            && w.may_overwrite(rec.p.get(a))
+                            && w.may_overwrite(a, rec.p.get(a))
                         {
                             rec.a.insert(a.clone(), v.clone());
                             rec.p.insert(a.clone(), prov.clone());
