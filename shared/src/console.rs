@@ -641,6 +641,9 @@ pub struct RecordView {
     pub sources: Vec<SourceView>,
     /// Connections that no longer report the record.
     pub missing_from: Vec<String>,
+    /// Set when a revert undid the run that created the record (`runs revert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted: Option<crate::register::Reverted>,
 }
 
 impl From<&StoredRecord> for RecordView {
@@ -684,6 +687,7 @@ impl From<&StoredRecord> for RecordView {
             attributes,
             sources,
             missing_from,
+            reverted: r.rv.clone(),
         }
     }
 }
@@ -791,6 +795,12 @@ pub fn format_record(r: &StoredRecord) -> String {
     }
     if !v.missing_from.is_empty() {
         out.push_str(&format!("\nmissing from: {}\n", v.missing_from.join(", ")));
+    }
+    if let Some(rv) = &v.reverted {
+        out.push_str(&format!(
+            "\nreverted: run {} (which created it) was reverted by run {} at {}\n",
+            rv.of, rv.run, rv.at
+        ));
     }
     out
 }

@@ -791,6 +791,16 @@ impl Importer {
                     }
                     rec.src.insert(w.connection.to_string(), src.clone());
                     let member = !c.src.contains_key(w.connection) || was_missing;
+                    if !c.src.contains_key(w.connection) {
+                        // Reported anew after a revert undid its creation: no longer reverted.
+                        if let Some(rv) = rec.rv.take() {
+                            changes.push(Change {
+                                attr: crate::revert::REVERTED_ATTR.into(),
+                                old: serde_json::to_string(&rv).ok(),
+                                new: String::new(),
+                            });
+                        }
+                    }
                     let o = if dup { "duplicate" } else { "updated" };
                     rec.w.insert(
                         w.connection.to_string(),

@@ -16,6 +16,7 @@ pub mod mapping;
 pub mod normalize;
 pub mod pages;
 pub mod register;
+pub mod revert;
 pub mod runs;
 pub mod secrets;
 pub mod settings;

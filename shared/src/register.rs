@@ -90,6 +90,22 @@ pub struct StoredRecord {
     /// counts and completes what it already wrote.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub w: BTreeMap<String, WriteMark>,
+    /// Set when a revert undid the run that created this record (`assetsync runs revert`): the
+    /// record stays (its asset tag is never reused) and is no longer fed by that connection,
+    /// until a run of it reports the record again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rv: Option<Reverted>,
+}
+
+/// A record whose creating run was reverted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Reverted {
+    /// The revert run.
+    pub run: String,
+    /// The run it reverted (the one that created the record).
+    pub of: String,
+    /// When.
+    pub at: String,
 }
 
 /// What a page's write left on a record: run, page, outcome, and the history it owes.
@@ -270,7 +286,10 @@ pub fn decide(incoming: &MappedRecord, stored: Option<&StoredRecord>, w: &Writer
     let mut changes = Vec::new();
     for (attr, new) in &incoming.attrs {
         let old = stored.a.get(attr);
-        if old == Some(new) || !w.may_overwrite(attr, stored.p.get(attr)) || w.volatile.contains(attr) {
+        if old == Some(new)
+            || !w.may_overwrite(attr, stored.p.get(attr))
+            || w.volatile.contains(attr)
+        {
             continue;
         }
         changes.push(Change {
