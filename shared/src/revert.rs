@@ -418,7 +418,7 @@ async fn read_all(
 ) -> Result<HashMap<(String, String), StoredRecord>, AwsError> {
     let mut by_type: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (ot, k) in keys {
-        by_type.entry(ot).or_default().push(k.clone());
+        by_type.entry(ot.as_str()).or_default().push(k.clone());
     }
     let mut out = HashMap::new();
     for (ot, ks) in by_type {
