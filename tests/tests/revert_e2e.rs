@@ -217,3 +217,108 @@ async fn a_run_is_undone_and_redone_and_the_next_sync_reapplies_the_source() -> 
     assert!(created.rv.is_none() && created.src.contains_key(CONN));
     Ok(())
 }
+
+/// The CLI binary (built once per test process; a no-op when fresh).
+fn assetsync_bin() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = assetsync_tests::stack::repo_root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(&cargo)
+            .args(["build", "-p", "assetsync-cli", "--bin", "assetsync"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build -p assetsync-cli");
+        assert!(status.success(), "`cargo build -p assetsync-cli` failed");
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("target"))
+            .join("debug")
+            .join("assetsync")
+    })
+    .clone()
+}
+
+/// Run the CLI against the harness's stack; (exit success, stdout).
+fn cli(stack_file: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(assetsync_bin())
+        .arg("--stack-file")
+        .arg(stack_file)
+        .args(args)
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("TABLE_NAME")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("running assetsync");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    eprintln!(
+        "$ assetsync {}\n{stdout}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_plans_and_reverts_a_run() -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(assetsync_bin).await?;
+    let h = Harness::start().await?;
+    let sim = JamfSim::start(JamfConfig {
+        computers: 20,
+        seed: 3,
+        ..JamfConfig::default()
+    })
+    .await?;
+    h.put_secret("assetsync/jamf-rvc", &sim.secret()).await?;
+    let ev = event("jamf-rvc", "jamf", "assetsync/jamf-rvc", "Hardware");
+    h.sync(&ev).await?;
+    let (i, serial) = (0..sim.computer_count())
+        .find_map(|i| sim.serial(i).map(|s| (i, s)))
+        .expect("a computer with a serial");
+    let old = h.record("Hardware", &serial).await?.unwrap().a["OS Version"].clone();
+    sim.set_os_version(i, "42.0");
+    let run = h.sync(&ev).await?;
+    assert_eq!(run.counts.updated, 1, "{run:?}");
+
+    let dir = std::env::temp_dir().join(format!("assetsync-revert-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let stack = dir.join("stack.json");
+    let mut info = h.stack.info.clone();
+    info["endpoint"] = serde_json::json!(h.stack.endpoint);
+    std::fs::write(&stack, serde_json::to_string_pretty(&info)?)?;
+
+    let (ok, text) =
+        tokio::task::block_in_place(|| cli(&stack, &["runs", "revert", &run.run_id, "--plan"]));
+    assert!(
+        ok && text.contains("would revert") && text.contains("42.0"),
+        "{text}"
+    );
+    let (ok, out) = tokio::task::block_in_place(|| {
+        cli(&stack, &["--json", "runs", "revert", &run.run_id, "--plan"])
+    });
+    let plan: Value = serde_json::from_str(&out)?;
+    assert!(ok, "{out}");
+    assert_eq!(plan["revert"]["counts"]["restored"], 1, "{plan}");
+    assert!(plan["summary"].is_null(), "a plan is no run: {plan}");
+    assert_eq!(
+        h.record("Hardware", &serial).await?.unwrap().a["OS Version"],
+        "42.0"
+    );
+
+    let (ok, out) =
+        tokio::task::block_in_place(|| cli(&stack, &["--json", "runs", "revert", &run.run_id]));
+    assert!(ok, "{out}");
+    let done: Value = serde_json::from_str(&out)?;
+    assert_eq!(done["summary"]["reverts"], run.run_id.as_str(), "{done}");
+    assert_eq!(done["summary"]["revert"]["restored"], 1, "{done}");
+    assert_eq!(done["summary"]["status"], "succeeded", "{done}");
+    assert_eq!(
+        h.record("Hardware", &serial).await?.unwrap().a["OS Version"],
+        old
+    );
+    // Reverting a run that does not exist fails clearly.
+    let (ok, _) = tokio::task::block_in_place(|| cli(&stack, &["runs", "revert", "no-such-run"]));
+    assert!(!ok);
+    Ok(())
+}
