@@ -391,7 +391,7 @@ fn person_ref(rec: &StoredRecord) -> Option<(String, PersonRef)> {
 }
 
 /// Keep the email index (devices are assigned through it) in step with a hand-edited person.
-async fn reindex_person(
+pub(crate) async fn reindex_person(
     store: &Store,
     old: &StoredRecord,
     new: &StoredRecord,

@@ -653,6 +653,10 @@ async fn apply(runs: &Runs, run: &RunItem, me: &RunItem) -> Result<RevertReport,
         };
         if !changes.is_empty() {
             members(store, me, ot, key, &changes).await?;
+            if ot == "Person" {
+                // Devices are assigned through the email index: keep it in step, as a hand edit does.
+                crate::console::reindex_person(store, &before, &after).await?;
+            }
             history.push(to_item(
                 &record_pk(ot, key),
                 &format!("H#{ts}#{}#revert#reverted", me.run_id),
