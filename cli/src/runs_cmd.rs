@@ -82,7 +82,13 @@ pub async fn run(g: &Global, cmd: RunsCmd) -> anyhow::Result<()> {
             } else {
                 assetsync::revert::revert(&runs, &run_id).await
             }
-            .map_err(|e| anyhow!("{}", chain(&e)))?;
+            .map_err(|e| match &e {
+                // As `sync`: a connection busy with a run starts nothing (exit 3).
+                assetsync::revert::RevertError::Sync(
+                    assetsync::error::SyncError::AlreadyRunning { .. },
+                ) => crate::exit::Exit::with_message(crate::exit::ALREADY_RUNNING, chain(&e)),
+                _ => anyhow!("{}", chain(&e)),
+            })?;
             let summary = match &report.run_id {
                 Some(id) => match runs.get(id).await? {
                     Some(r) => Some(runs.summary(&r).await?),

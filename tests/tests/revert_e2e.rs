@@ -320,5 +320,24 @@ async fn the_cli_plans_and_reverts_a_run() -> anyhow::Result<()> {
     // Reverting a run that does not exist fails clearly.
     let (ok, _) = tokio::task::block_in_place(|| cli(&stack, &["runs", "revert", "no-such-run"]));
     assert!(!ok);
+    // While a sync of the connection is in progress, a revert starts nothing (exit 3, as sync).
+    h.invoke_fetcher(ev.clone()).await?;
+    let code = tokio::task::block_in_place(|| {
+        std::process::Command::new(assetsync_bin())
+            .arg("--stack-file")
+            .arg(&stack)
+            .args(["runs", "revert", &run.run_id])
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("TABLE_NAME")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .status()
+            .map(|s| s.code())
+    })?;
+    assert_eq!(code, Some(3));
+    assert_eq!(
+        h.record("Hardware", &serial).await?.unwrap().a["OS Version"],
+        old,
+        "nothing was written"
+    );
     Ok(())
 }
