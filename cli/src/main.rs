@@ -153,6 +153,15 @@ pub enum RunsCmd {
     Show { run_id: String },
     /// Put a run's dead-lettered pages back on the records queue (locally: and import them).
     Redrive { run_id: String },
+    /// Undo what one run wrote: attributes back to their old values (where nobody changed them
+    /// since; otherwise a conflict, left alone), its missing marks lifted, the records it created
+    /// marked reverted. The revert is a run of its own (`runs revert` of it redoes the run).
+    Revert {
+        run_id: String,
+        /// Show what the revert would do; write nothing.
+        #[arg(long)]
+        plan: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

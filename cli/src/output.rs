@@ -113,6 +113,65 @@ pub fn seconds_between(start: &str, end: Option<&str>) -> Option<i64> {
     Some((e - s).num_seconds())
 }
 
+/// What a revert did (or would do), for people: its counts and its conflicts.
+pub fn revert_text(of: &str, r: &assetsync::summary::RevertCounts) -> String {
+    let mut out = format!(
+        "reverts     {of}\nrevert      records {}  updated {} ({} attributes restored)  unmarked {}  re-marked missing {}  marked reverted {}  unreverted {}  conflicts {}\n",
+        r.records, r.updated, r.restored, r.unmarked, r.remarked, r.reverted, r.unreverted, r.conflicts
+    );
+    if !r.conflict_list.is_empty() {
+        out.push_str(&format!("conflicts, left alone ({}):\n", r.conflicts));
+        for c in &r.conflict_list {
+            out.push_str(&format!("  {}: {}\n", one_line(&c.key), c.reason));
+        }
+        if (r.conflict_list.len() as u64) < r.conflicts {
+            out.push_str(&format!(
+                "  … and {} more\n",
+                r.conflicts - r.conflict_list.len() as u64
+            ));
+        }
+    }
+    out
+}
+
+/// A revert's records for people: one row per change it makes, then its conflicts.
+pub fn revert_plan_text(r: &assetsync::revert::RevertReport) -> String {
+    let verb = if r.planned {
+        "would revert"
+    } else {
+        "reverted"
+    };
+    let mut out = format!(
+        "{verb} run {} of {}: {} record(s) changed, {} conflict(s)\n",
+        r.reverts, r.connection, r.counts.records, r.counts.conflicts
+    );
+    let rows: Vec<Vec<String>> = r
+        .records
+        .iter()
+        .flat_map(|rec| {
+            rec.changes.iter().map(move |c| {
+                vec![
+                    rec.key.clone(),
+                    c.attr.clone(),
+                    one_line(c.old.as_deref().unwrap_or("-")),
+                    if c.new.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        one_line(&c.new)
+                    },
+                ]
+            })
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push_str(&table(&["key", "attribute", "now", "put back"], &rows));
+    }
+    if r.planned {
+        out.push_str(&revert_text(&r.reverts, &r.counts));
+    }
+    out
+}
+
 /// A run summary for people. `max_errors`: how many errors to list (`None`: all).
 pub fn summary_text(s: &RunSummary, max_errors: Option<usize>) -> String {
     let mut out = String::new();
@@ -154,6 +213,9 @@ pub fn summary_text(s: &RunSummary, max_errors: Option<usize>) -> String {
     ));
     if let Some(m) = &s.message {
         out.push_str(&format!("message     {m}\n"));
+    }
+    if let Some(r) = &s.revert {
+        out.push_str(&revert_text(s.reverts.as_deref().unwrap_or("-"), r));
     }
     if !s.errors.is_empty() {
         let shown = max_errors.unwrap_or(usize::MAX).min(s.errors.len());
@@ -288,6 +350,8 @@ mod tests {
             throttle_wait_ms: 0,
             message: None,
             served_by: None,
+            reverts: None,
+            revert: None,
         }
     }
 

@@ -1,4 +1,4 @@
-//! `runs list|show|redrive`.
+//! `runs list|show|redrive|revert`.
 
 use anyhow::{anyhow, Context};
 use assetsync::console;
@@ -75,6 +75,38 @@ pub async fn run(g: &Global, cmd: RunsCmd) -> anyhow::Result<()> {
                 print!("{}", output::summary_text(&summary, None));
                 Ok(())
             }
+        }
+        RunsCmd::Revert { run_id, plan } => {
+            let report = if plan {
+                assetsync::revert::plan(&runs, &run_id).await
+            } else {
+                assetsync::revert::revert(&runs, &run_id).await
+            }
+            .map_err(|e| match &e {
+                // As `sync`: a connection busy with a run starts nothing (exit 3).
+                assetsync::revert::RevertError::Sync(
+                    assetsync::error::SyncError::AlreadyRunning { .. },
+                ) => crate::exit::Exit::with_message(crate::exit::ALREADY_RUNNING, chain(&e)),
+                _ => anyhow!("{}", chain(&e)),
+            })?;
+            let summary = match &report.run_id {
+                Some(id) => match runs.get(id).await? {
+                    Some(r) => Some(runs.summary(&r).await?),
+                    None => None,
+                },
+                None => None,
+            };
+            if g.json {
+                return output::json(&json!({"revert": report, "summary": summary}));
+            }
+            print!("{}", output::revert_plan_text(&report));
+            match summary {
+                Some(s) => print!("{}", output::summary_text(&s, Some(20))),
+                None => {
+                    println!("planned only: nothing was written (run without --plan to revert)")
+                }
+            }
+            Ok(())
         }
         RunsCmd::Redrive { run_id } => {
             let dlq = target

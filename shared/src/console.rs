@@ -391,7 +391,7 @@ fn person_ref(rec: &StoredRecord) -> Option<(String, PersonRef)> {
 }
 
 /// Keep the email index (devices are assigned through it) in step with a hand-edited person.
-async fn reindex_person(
+pub(crate) async fn reindex_person(
     store: &Store,
     old: &StoredRecord,
     new: &StoredRecord,
@@ -656,6 +656,9 @@ pub struct RecordView {
     /// another connection still reports is not missing).
     #[serde(default)]
     pub missing: bool,
+    /// Set when a revert undid the run that created the record (`runs revert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted: Option<crate::register::Reverted>,
 }
 
 impl From<&StoredRecord> for RecordView {
@@ -709,6 +712,7 @@ impl From<&StoredRecord> for RecordView {
             missing_from,
             reported_by,
             missing,
+            reverted: r.rv.clone(),
         }
     }
 }
@@ -872,6 +876,12 @@ pub fn format_view(v: &RecordView) -> String {
             "\nmissing from: {} (not missing: still reported by {})\n",
             v.missing_from.join(", "),
             v.reported_by.join(", ")
+        ));
+    }
+    if let Some(rv) = &v.reverted {
+        out.push_str(&format!(
+            "\nreverted: run {} (which created it) was reverted by run {} at {}\n",
+            rv.of, rv.run, rv.at
         ));
     }
     out

@@ -16,7 +16,7 @@ use crate::event::{ConnectionEvent, ObjectType, PageMessage};
 use crate::infer;
 use crate::mapping::{MappedRecord, Mapping, DEFAULT_VOLATILE};
 use crate::normalize;
-use crate::pages::{fingerprint, Pack, PackEntry};
+use crate::pages::{fingerprint_under, Pack, PackEntry};
 use crate::register::{
     attr, decide, dedupe_page, Change, Decision, Provenance, SourceRef, StoredRecord, WriteMark,
     Writer,
@@ -351,9 +351,11 @@ impl Importer {
             entries: BTreeMap::new(),
         };
         let mut slow = Vec::new();
+        // A changed precedence changes every fingerprint: the next run reconsiders each record.
+        let salt = self.settings.precedence.digest();
         for r in kept {
             let key = r.key.clone().unwrap_or_default();
-            let fp = fingerprint(&r, volatile);
+            let fp = fingerprint_under(&r, volatile, salt);
             let vals: Vec<String> = pack
                 .attrs
                 .iter()
@@ -780,7 +782,7 @@ impl Importer {
                     for (a, v) in &r.attrs {
                         if w.volatile.contains(a)
                             && rec.a.get(a) != Some(v)
-                            && w.may_overwrite(rec.p.get(a))
+                            && w.may_overwrite(a, rec.p.get(a))
                         {
                             rec.a.insert(a.clone(), v.clone());
                             rec.p.insert(a.clone(), prov.clone());
@@ -796,6 +798,16 @@ impl Importer {
                     }
                     rec.src.insert(w.connection.to_string(), src.clone());
                     let member = !c.src.contains_key(w.connection) || was_missing;
+                    if !c.src.contains_key(w.connection) {
+                        // Reported anew after a revert undid its creation: no longer reverted.
+                        if let Some(rv) = rec.rv.take() {
+                            changes.push(Change {
+                                attr: crate::revert::REVERTED_ATTR.into(),
+                                old: serde_json::to_string(&rv).ok(),
+                                new: String::new(),
+                            });
+                        }
+                    }
                     let o = if dup { "duplicate" } else { "updated" };
                     rec.w.insert(
                         w.connection.to_string(),

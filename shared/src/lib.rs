@@ -18,6 +18,7 @@ pub mod normalize;
 pub mod pages;
 pub mod plan;
 pub mod register;
+pub mod revert;
 pub mod runs;
 pub mod secrets;
 pub mod settings;

@@ -46,7 +46,16 @@ fn fnv(h: &mut u64, bytes: &[u8]) {
 
 /// The fingerprint of a mapped record: its non-volatile attributes, source id and parent.
 pub fn fingerprint(r: &MappedRecord, volatile: &BTreeSet<String>) -> u64 {
+    fingerprint_under(r, volatile, 0)
+}
+
+/// The fingerprint of a mapped record under a rule set (`salt`: the precedence's digest), so a
+/// change of the rules no longer matches the packs written under the old ones.
+pub fn fingerprint_under(r: &MappedRecord, volatile: &BTreeSet<String>, salt: u64) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
+    if salt != 0 {
+        fnv(&mut h, &salt.to_le_bytes());
+    }
     for (a, v) in &r.attrs {
         if volatile.contains(a) {
             continue;

@@ -90,6 +90,22 @@ pub struct StoredRecord {
     /// counts and completes what it already wrote.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub w: BTreeMap<String, WriteMark>,
+    /// Set when a revert undid the run that created this record (`assetsync runs revert`): the
+    /// record stays (its asset tag is never reused) and is no longer fed by that connection,
+    /// until a run of it reports the record again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rv: Option<Reverted>,
+}
+
+/// A record whose creating run was reverted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Reverted {
+    /// The revert run.
+    pub run: String,
+    /// The run it reverted (the one that created the record).
+    pub of: String,
+    /// When.
+    pub at: String,
 }
 
 /// What a page's write left on a record: run, page, outcome, and the history it owes.
@@ -134,28 +150,84 @@ pub enum Decision {
     Duplicate,
 }
 
-/// Which source wins an attribute when two disagree.
-#[derive(Debug, Clone, Default)]
-pub struct Precedence(Vec<String>);
+/// Which source wins an attribute when two disagree: one order of sources for all attributes,
+/// and optionally an order of its own for named attributes (`ATTRIBUTE_PRECEDENCE`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Precedence {
+    order: Vec<String>,
+    by_attr: BTreeMap<String, Vec<String>>,
+}
+
+fn names(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
 
 impl Precedence {
     /// Parse a comma-separated list of connection names or source kinds, highest first.
     pub fn parse(s: &str) -> Self {
-        Precedence(
-            s.split(',')
-                .map(|p| p.trim().to_string())
-                .filter(|p| !p.is_empty())
-                .collect(),
-        )
+        Precedence {
+            order: names(s),
+            by_attr: BTreeMap::new(),
+        }
     }
 
-    /// Rank of a writer: lower is stronger; unknown writers rank last.
-    pub fn rank(&self, connection: &str, source: &str) -> usize {
-        self.0
-            .iter()
-            .position(|p| p == connection)
-            .or_else(|| self.0.iter().position(|p| p == source))
-            .unwrap_or(self.0.len())
+    /// Add per-attribute orders: `ATTR=src,src;ATTR=src` (attribute names as the register spells
+    /// them). Returns the entries that could not be read (they are ignored).
+    pub fn with_attributes(mut self, spec: &str) -> (Self, Vec<String>) {
+        let mut bad = Vec::new();
+        for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some((a, list)) if !a.trim().is_empty() && !names(list).is_empty() => {
+                    self.by_attr.insert(a.trim().to_string(), names(list));
+                }
+                _ => bad.push(part.to_string()),
+            }
+        }
+        (self, bad)
+    }
+
+    /// Rank of a writer for an attribute: lower is stronger. Under an attribute's own order, the
+    /// sources it names come first and the others follow in the source order; unknown writers
+    /// rank last.
+    pub fn rank(&self, attr: &str, connection: &str, source: &str) -> usize {
+        let pos = |list: &[String]| {
+            list.iter()
+                .position(|p| p == connection)
+                .or_else(|| list.iter().position(|p| p == source))
+        };
+        let base = pos(&self.order).unwrap_or(self.order.len());
+        match self.by_attr.get(attr) {
+            Some(list) => pos(list).unwrap_or(list.len() + base),
+            None => base,
+        }
+    }
+
+    /// A stable digest of the effective precedence: page packs mix it into their fingerprints, so
+    /// a changed precedence makes the next run of each connection reconsider every record.
+    pub fn digest(&self) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let mut eat = |b: &[u8]| {
+            for x in b {
+                h ^= u64::from(*x);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for o in &self.order {
+            eat(o.as_bytes());
+            eat(&[0]);
+        }
+        for (a, list) in &self.by_attr {
+            eat(&[1]);
+            eat(a.as_bytes());
+            for o in list {
+                eat(&[2]);
+                eat(o.as_bytes());
+            }
+        }
+        h
     }
 }
 
@@ -173,15 +245,15 @@ pub struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    /// May this writer overwrite an attribute last set by `prov`?
-    pub fn may_overwrite(&self, prov: Option<&Provenance>) -> bool {
+    /// May this writer overwrite `attr`, last set by `prov`?
+    pub fn may_overwrite(&self, attr: &str, prov: Option<&Provenance>) -> bool {
         match prov {
             None => true,
             Some(p) if p.c == HAND => false,
             Some(p) if p.c == self.connection => true,
             Some(p) => {
-                self.precedence.rank(self.connection, self.source)
-                    <= self.precedence.rank(&p.c, &p.s)
+                self.precedence.rank(attr, self.connection, self.source)
+                    <= self.precedence.rank(attr, &p.c, &p.s)
             }
         }
     }
@@ -214,7 +286,10 @@ pub fn decide(incoming: &MappedRecord, stored: Option<&StoredRecord>, w: &Writer
     let mut changes = Vec::new();
     for (attr, new) in &incoming.attrs {
         let old = stored.a.get(attr);
-        if old == Some(new) || !w.may_overwrite(stored.p.get(attr)) || w.volatile.contains(attr) {
+        if old == Some(new)
+            || !w.may_overwrite(attr, stored.p.get(attr))
+            || w.volatile.contains(attr)
+        {
             continue;
         }
         changes.push(Change {
@@ -397,6 +472,20 @@ mod tests {
             decide(&rec(&[("Model", "T14 Gen 4")], "x", "2024"), Some(&s2), &w),
             Decision::Update { .. }
         ));
+    }
+
+    #[test]
+    fn an_attribute_may_have_its_own_order() {
+        let (p, bad) = Precedence::parse("jamf,intune")
+            .with_attributes(" OS Version = intune , jamf ; Warranty Expiry=ec-prod; junk");
+        assert_eq!(bad, vec!["junk".to_string()]);
+        assert!(p.rank("OS Version", "intune-prod", "intune") < p.rank("OS Version", "j", "jamf"));
+        assert!(p.rank("Model", "j", "jamf") < p.rank("Model", "intune-prod", "intune"));
+        // Not named for the attribute: after the named ones, in the source order.
+        assert_eq!(p.rank("Warranty Expiry", "ec-prod", "endpoint-central"), 0);
+        assert!(p.rank("Warranty Expiry", "j", "jamf") < p.rank("Warranty Expiry", "i", "intune"));
+        assert_ne!(p.digest(), Precedence::parse("jamf,intune").digest());
+        assert_eq!(p.digest(), p.clone().digest());
     }
 
     #[test]

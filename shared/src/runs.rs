@@ -84,6 +84,12 @@ pub struct RunItem {
     pub planned_page: Option<u32>,
     #[serde(default)]
     pub planned_chunks: Option<u32>,
+    /// A revert run: the run it reverted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverts: Option<String>,
+    /// A revert run: what it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert: Option<crate::summary::RevertCounts>,
 }
 
 impl RunItem {
@@ -112,6 +118,8 @@ impl RunItem {
             throttle_wait_ms: self.throttle_wait_ms,
             message: self.message.clone(),
             served_by: self.served_by.clone(),
+            reverts: self.reverts.clone(),
+            revert: self.revert.clone(),
         }
     }
 
@@ -450,6 +458,8 @@ impl Runs {
             import_deadline: None,
             planned_page: None,
             planned_chunks: None,
+            reverts: None,
+            revert: None,
         })
     }
 

@@ -16,6 +16,7 @@ pub struct Settings {
     pub max_receive_count: u32,
     pub asset_tag_prefix: String,
     pub asset_tag_width: usize,
+    /// Source order (`SOURCE_PRECEDENCE`), with per-attribute orders (`ATTRIBUTE_PRECEDENCE`).
     pub precedence: Precedence,
     /// How long a run's lease lives without a heartbeat.
     pub lease_seconds: i64,
@@ -55,10 +56,13 @@ impl Settings {
             max_receive_count: var_or("MAX_RECEIVE_COUNT", "5").parse().unwrap_or(5),
             asset_tag_prefix: var_or("ASSET_TAG_PREFIX", "AS-"),
             asset_tag_width: var_or("ASSET_TAG_WIDTH", "6").parse().unwrap_or(6),
-            precedence: Precedence::parse(&var_or(
-                "SOURCE_PRECEDENCE",
-                "intune,endpoint-central,jamf,kandji,jumpcloud",
-            )),
+            precedence: precedence(
+                &var_or(
+                    "SOURCE_PRECEDENCE",
+                    "intune,endpoint-central,jamf,kandji,jumpcloud",
+                ),
+                &var_or("ATTRIBUTE_PRECEDENCE", ""),
+            ),
             lease_seconds: var_or("LEASE_SECONDS", "60").parse().unwrap_or(60),
             finish_check_seconds: var_or("FINISH_CHECK_SECONDS", "60")
                 .parse::<i32>()
@@ -87,4 +91,13 @@ impl Settings {
             ),
         })
     }
+}
+
+/// The effective precedence: the source order, and each named attribute's own order.
+pub fn precedence(sources: &str, attributes: &str) -> Precedence {
+    let (p, bad) = Precedence::parse(sources).with_attributes(attributes);
+    for entry in bad {
+        tracing::warn!(%entry, "ATTRIBUTE_PRECEDENCE entry is not ATTR=source,source; ignored");
+    }
+    p
 }

@@ -107,4 +107,34 @@ pub struct RunSummary {
     /// Extension: which vendor API version served the pages (e.g. `computers-inventory v4`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_by: Option<String>,
+    /// Extension: the run this run reverted (`assetsync runs revert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverts: Option<String>,
+    /// Extension: what a revert run did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert: Option<RevertCounts>,
+}
+
+/// What a revert did (or, planned, would do).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevertCounts {
+    /// Records the revert writes.
+    pub records: u64,
+    /// Records whose attributes go back to their values before the run.
+    pub updated: u64,
+    /// Attributes put back.
+    pub restored: u64,
+    /// Records the run marked missing that are unmarked.
+    pub unmarked: u64,
+    /// Records marked missing again (reverting a revert that unmarked them).
+    pub remarked: u64,
+    /// Records the run created, marked as reverted.
+    pub reverted: u64,
+    /// Records whose reverted mark is lifted (reverting a revert).
+    pub unreverted: u64,
+    /// Changes of the run left alone because the value changed since.
+    pub conflicts: u64,
+    /// The first conflicts: key and why (the attribute, its value now and the run's).
+    #[serde(default)]
+    pub conflict_list: Vec<RecordError>,
 }
