@@ -13,7 +13,7 @@ use crate::fetcher::{map_page, resolve_mapping, split_page, Fetcher};
 use crate::guard::{self, Absence, Breaker, GuardConfig, Verdict};
 use crate::importer::{assignment_changes, volatile_of_event, Importer, MAX_KEY_BYTES};
 use crate::mapping::MappedRecord;
-use crate::pages::fingerprint;
+use crate::pages::fingerprint_under;
 use crate::register::{decide, dedupe_page, Change, Decision, SourceRef, StoredRecord, Writer};
 use crate::runs::{from_lease, Member, RunItem};
 use crate::store::from_item;
@@ -244,10 +244,12 @@ async fn plan_page(
         .pack(&msg.connection, ot.as_str(), &msg.page_id())
         .await?;
     let mut slow: Vec<MappedRecord> = Vec::new();
+    // The salt the importer uses: a changed precedence makes the sync reconsider every record.
+    let salt = importer.settings.precedence.digest();
     for r in kept {
         let key = r.key.clone().unwrap_or_default();
         acc.seen.insert(key.clone());
-        let fp = fingerprint(&r, volatile);
+        let fp = fingerprint_under(&r, volatile, salt);
         let same = prev
             .as_ref()
             .and_then(|p| p.entries.get(&key))
