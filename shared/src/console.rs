@@ -615,7 +615,7 @@ async fn redrive_loop(
             }
             let page_id = page.page_id();
             let marker = runs.marker(run_id, &page_id).await?;
-            let requeue = !marker.as_ref().is_some_and(|m| m.status == "done");
+            let requeue = marker.as_ref().is_none_or(|m| m.status != "done");
             if requeue && !report.finish_check {
                 // Armed before the run is reopened: whatever dies from here on, the check ends it.
                 check.arm().await?;
