@@ -109,22 +109,12 @@ pub async fn run(g: &Global, cmd: RunsCmd) -> anyhow::Result<()> {
             Ok(())
         }
         RunsCmd::Redrive { run_id } => {
-            let dlq = target
-                .settings
-                .dlq_url
-                .clone()
-                .ok_or_else(|| anyhow!("the stack names no dead-letter queue (DLQ_URL)"))?;
             let sqs = target.sqs();
-            let report = console::redrive(
-                &runs,
-                &sqs,
-                &dlq,
-                &target.settings.records_queue_url,
-                &run_id,
-            )
-            .await
-            .map_err(|e| anyhow!("{}", chain(&e)))?;
-            // Locally nothing consumes the records queue: import the requeued pages now.
+            let report = console::redrive(&runs, &sqs, &target.settings, &run_id)
+                .await
+                .map_err(|e| anyhow!("{}", chain(&e)))?;
+            // Locally nothing consumes the queues: import the requeued pages (and run the finish
+            // check) now.
             let summary = if report.requeued > 0 && target.in_process(g) {
                 let runner = crate::sync::local_runner_for(&target);
                 let mut progress = crate::sync::Progress::new(&format!("redrive {run_id}"));
@@ -141,10 +131,15 @@ pub async fn run(g: &Global, cmd: RunsCmd) -> anyhow::Result<()> {
             if g.json {
                 return output::json(&json!({"redrive": report, "summary": summary}));
             }
-            println!(
-                "run {run_id}: {} page(s) put back on the records queue ({} reopened), {} already imported; left in the dead-letter queue: {} of other runs, {} unreadable",
-                report.requeued, report.reopened, report.already_imported, report.other_runs, report.unreadable
-            );
+            if report.superseded_by.is_none() {
+                println!(
+                    "run {run_id}: {} page(s) put back on the records queue ({} reopened), {} already imported; left in the dead-letter queue: {} of other runs, {} unreadable",
+                    report.requeued, report.reopened, report.already_imported, report.other_runs, report.unreadable
+                );
+            }
+            if let Some(m) = &report.message {
+                println!("{m}");
+            }
             match summary {
                 Some(s) => print!("{}", output::summary_text(&s, Some(20))),
                 None if report.requeued > 0 => println!("the importer will take them from the queue; follow with `assetsync runs show {run_id}`"),

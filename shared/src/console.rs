@@ -21,11 +21,12 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::error::AwsError;
-use crate::event::{ObjectType, PageMessage};
+use crate::event::{ConnectionEvent, Continuation, ObjectType, PageMessage};
 use crate::importer::HistoryEntry;
 use crate::normalize;
 use crate::register::{attr, Change, Provenance, StoredRecord, HAND};
-use crate::runs::Runs;
+use crate::runs::{RunItem, Runs};
+use crate::settings::Settings;
 use crate::store::{dyn_err, from_item, n, record_pk, s, to_item, EmailEntry, PersonRef, Store};
 
 /// The connection name hand edits are recorded under, and the run/page parts of their history key.
@@ -449,6 +450,10 @@ pub struct RedriveReport {
     /// old run's pages would be imported over what the newer run wrote), DLQ left as it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<String>,
+    /// The run's finish check was armed on the fetch queue (before any page was put back), so
+    /// the redriven run ends by itself once its pages are in, or by its import deadline.
+    #[serde(default)]
+    pub finish_check: bool,
     /// What the redrive did, in a sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -456,15 +461,19 @@ pub struct RedriveReport {
 
 /// Put a run's dead-lettered pages back on the records queue: every DLQ message that is a page of
 /// `run_id` has its dead marker reopened (the run is `running` again and will count the page when it
-/// is imported), is sent to the records queue and deleted from the DLQ. Other messages are left in
-/// the DLQ, visible again when this returns.
+/// is imported), is sent to the records queue and deleted from the DLQ. Before the first page is
+/// put back, the run's finish check is armed on the fetch queue, so the run ends by itself. Other
+/// messages are left in the DLQ, visible again when this returns. A run superseded by a newer run
+/// of its connection is not redriven.
 pub async fn redrive(
     runs: &Runs,
     sqs: &aws_sdk_sqs::Client,
-    dlq_url: &str,
-    records_queue_url: &str,
+    settings: &Settings,
     run_id: &str,
 ) -> Result<RedriveReport, ConsoleError> {
+    let dlq_url = settings.dlq_url.as_deref().ok_or_else(|| {
+        ConsoleError::Argument("the stack names no dead-letter queue (DLQ_URL)".into())
+    })?;
     let Some(run) = runs.get(run_id).await? else {
         return Err(ConsoleError::NoRun(run_id.to_string()));
     };
@@ -482,17 +491,13 @@ pub async fn redrive(
         report.superseded_by = Some(newer);
         return Ok(report);
     }
-    let mut held: Vec<String> = Vec::new();
-    let result = redrive_loop(
-        runs,
+    let check = FinishCheck {
         sqs,
-        dlq_url,
-        records_queue_url,
-        run_id,
-        &mut report,
-        &mut held,
-    )
-    .await;
+        settings,
+        run: &run,
+    };
+    let mut held: Vec<String> = Vec::new();
+    let result = redrive_loop(runs, &check, run_id, &mut report, &mut held).await;
     // Whatever happened, other runs' messages become visible again now.
     for handle in &held {
         let _ = sqs
@@ -509,18 +514,64 @@ pub async fn redrive(
         .await?
         .map(|r| r.status)
         .unwrap_or_default();
+    report.message = Some(if report.requeued > 0 {
+        format!(
+            "{} page(s) put back on the records queue; the run's finish check is armed: it ends by itself once they are imported",
+            report.requeued
+        )
+    } else if report.already_imported > 0 {
+        format!(
+            "{} message(s) of pages imported meanwhile removed from the dead-letter queue; nothing put back",
+            report.already_imported
+        )
+    } else {
+        format!("no dead-lettered page of {run_id} was in the dead-letter queue; nothing changed")
+    });
     Ok(report)
+}
+
+/// Where a redrive sends pages and its run's finish check.
+struct FinishCheck<'a> {
+    sqs: &'a aws_sdk_sqs::Client,
+    settings: &'a Settings,
+    run: &'a RunItem,
+}
+
+impl FinishCheck<'_> {
+    /// Arm the run's finish check: a delayed fetch-queue message that ends the run once its
+    /// pages are in (or fails it by its import deadline) and re-arms itself until then.
+    async fn arm(&self) -> Result<(), ConsoleError> {
+        let event: ConnectionEvent = serde_json::from_str(&self.run.event)
+            .map_err(|e| AwsError::Item(format!("run {}: stored event: {e}", self.run.run_id)))?;
+        let body = serde_json::to_string(&Continuation {
+            event,
+            run_id: self.run.run_id.clone(),
+            check: true,
+        })
+        .map_err(|e| AwsError::Item(e.to_string()))?;
+        self.sqs
+            .send_message()
+            .queue_url(&self.settings.fetch_queue_url)
+            .message_body(body)
+            .delay_seconds(self.settings.finish_check_seconds.clamp(0, 900))
+            .send()
+            .await
+            .map_err(|e| sqs_err("SendMessage", e))?;
+        Ok(())
+    }
 }
 
 async fn redrive_loop(
     runs: &Runs,
-    sqs: &aws_sdk_sqs::Client,
-    dlq_url: &str,
-    records_queue_url: &str,
+    check: &FinishCheck<'_>,
     run_id: &str,
     report: &mut RedriveReport,
     held: &mut Vec<String>,
 ) -> Result<(), ConsoleError> {
+    let sqs = check.sqs;
+    let dlq_url = check.settings.dlq_url.as_deref().unwrap_or_default();
+    let records_queue_url = check.settings.records_queue_url.as_str();
+    let horizon = check.settings.import_horizon_seconds;
     let mut seen = HashSet::new();
     loop {
         let out = sqs
@@ -563,9 +614,16 @@ async fn redrive_loop(
                 continue;
             }
             let page_id = page.page_id();
-            let requeue = match runs.marker(run_id, &page_id).await? {
+            let marker = runs.marker(run_id, &page_id).await?;
+            let requeue = marker.as_ref().is_none_or(|m| m.status != "done");
+            if requeue && !report.finish_check {
+                // Armed before the run is reopened: whatever dies from here on, the check ends it.
+                check.arm().await?;
+                report.finish_check = true;
+            }
+            let requeue = match marker {
                 Some(m) if m.status == "dead" => {
-                    if runs.reopen_dead_page(run_id, &page_id).await? {
+                    if runs.reopen_dead_page(run_id, &page_id, horizon).await? {
                         report.reopened += 1;
                     }
                     true

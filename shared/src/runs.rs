@@ -955,20 +955,54 @@ impl Runs {
         Ok(Settled::Open(run))
     }
 
-    /// The newer run of `run`'s connection that has started since, if any.
+    /// The newer run of `run`'s connection that has started since, if any: the one the
+    /// connection's lease names (it may be between its lease and its run item), or else the first
+    /// run item of the connection started after it (a newer run that has ended has released the
+    /// lease, so the lease alone would miss it).
     pub async fn newer_run(&self, run: &RunItem) -> Result<Option<String>, AwsError> {
-        let Some(item) = self
+        if let Some(item) = self
             .store
             .get(&format!("L#{}", run.connection), "#")
             .await?
-        else {
-            return Ok(None);
-        };
-        let lease: Lease = from_item(item)?;
-        Ok(
-            (lease.run_id != run.run_id && lease.started_at >= run.started_at)
-                .then_some(lease.run_id),
-        )
+        {
+            let lease: Lease = from_item(item)?;
+            if lease.run_id != run.run_id && lease.started_at >= run.started_at {
+                return Ok(Some(lease.run_id));
+            }
+        }
+        // Run ids sort by start, so the runs started since are the ones after it.
+        let mut start: Option<std::collections::HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .store
+                .ddb
+                .query()
+                .table_name(&self.store.table)
+                .key_condition_expression("pk = :pk AND sk > :sk")
+                .filter_expression("#conn = :c")
+                .expression_attribute_names("#conn", "connection")
+                .expression_attribute_values(":pk", s("RUN"))
+                .expression_attribute_values(":sk", s(&run.run_id))
+                .expression_attribute_values(":c", s(&run.connection))
+                .projection_expression("sk")
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| dyn_err("Query", e))?;
+            if let Some(sk) = out
+                .items
+                .unwrap_or_default()
+                .first()
+                .and_then(|i| i.get("sk"))
+                .and_then(|v| v.as_s().ok())
+            {
+                return Ok(Some(sk.clone()));
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(None),
+            }
+        }
     }
 
     /// Mark the connection's records not seen in this run as missing, guarded: a record is marked
@@ -1212,8 +1246,14 @@ impl Runs {
         }
     }
 
-    /// Put a dead page back in play (for `runs redrive`): marker removed, run running again.
-    pub async fn reopen_dead_page(&self, run_id: &str, page_id: &str) -> Result<bool, AwsError> {
+    /// Put a dead page back in play (for `runs redrive`): marker removed, run running again, with
+    /// a fresh import deadline `import_horizon_secs` from now.
+    pub async fn reopen_dead_page(
+        &self,
+        run_id: &str,
+        page_id: &str,
+        import_horizon_secs: i64,
+    ) -> Result<bool, AwsError> {
         let Some(m) = self.marker(run_id, page_id).await? else {
             return Ok(false);
         };
@@ -1254,9 +1294,9 @@ impl Runs {
             .expression_attribute_values(":running", s("running"))
             .expression_attribute_values(":null", AttributeValue::Null(true))
             .expression_attribute_values(":minus", n(-1))
-            // The redriven page gets a fresh import deadline (the default horizon), so the run is
-            // not ended as abandoned while it is being imported.
-            .expression_attribute_values(":idl", n(Utc::now().timestamp() + 720 * 5 + 600))
+            // The redriven page gets a fresh import deadline, so the run is not ended as abandoned
+            // while it is being imported (and is, by its finish check, if the page is lost).
+            .expression_attribute_values(":idl", n(Utc::now().timestamp() + import_horizon_secs))
             .build()
             .map_err(|e| AwsError::Item(e.to_string()))?;
         self.store

@@ -347,5 +347,100 @@ async fn every_run_ends_exact_whatever_dies() -> anyhow::Result<()> {
         assert_eq!(failpoint::remaining(p), 0, "{p} was hit");
     }
     check_exact(&h, &c.sim, &s, c.before, "importer crashes").await?;
+
+    // 8. A start that dies right after taking the connection's lease, before its run exists: a
+    //    start right after is answered (refused while the dead start might still be writing its
+    //    run, saying so), and one within the lease window starts a run that ends exact.
+    seed += 1;
+    let c = case(&h, seed, 40).await?;
+    failpoint::arm("start.after_lease", 1);
+    let died = h.invoke_fetcher(c.ev.clone()).await;
+    assert!(died.is_err(), "the start died: {died:?}");
+    assert_eq!(failpoint::remaining("start.after_lease"), 0);
+    let crashed = Instant::now();
+    let window = Duration::from_secs(LEASE.clamp(5, 60));
+    let run_id = loop {
+        let r = h
+            .invoke_fetcher(c.ev.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if r.get("started") != Some(&json!(false)) {
+            break r["run_id"].as_str().unwrap_or_default().to_string();
+        }
+        println!(
+            "start.after_lease: {:?} after the crash: {r}",
+            crashed.elapsed()
+        );
+        let msg = r["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(&c.name),
+            "the refusal names the connection: {r}"
+        );
+        assert!(
+            crashed.elapsed() < window + Duration::from_secs(3),
+            "still refused {:?} after the crash: {r}",
+            crashed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "start.after_lease: a run started {:?} after the crash",
+        crashed.elapsed()
+    );
+    let s = h
+        .runner
+        .drain_until_done(&run_id, &mut |_| {})
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(
+        runs_of(&h.runs.list(500).await?, &c.name),
+        1,
+        "the dead start left no run behind"
+    );
+    check_exact(&h, &c.sim, &s, c.before, "start.after_lease").await?;
+
+    // 9. `runs redrive` re-arms the run's finish check: the redriven page's finisher dies after
+    //    claiming the run's end, nobody calls try_finish by hand, and the run still ends by itself
+    //    (the queues feed the handlers, as their event sources do on AWS).
+    seed += 1;
+    let c = case(&h, seed, 40).await?;
+    let poisoned = (0..c.sim.computer_count())
+        .find(|i| c.sim.serial(*i).is_some())
+        .expect("a keyed computer");
+    c.sim
+        .set_field(poisoned, "hardware.serialNumber", json!("REDRIVE0001"));
+    h.ddb.poison("R#Hardware#REDRIVE0001");
+    let dead = h.sync(&c.ev).await?;
+    assert_eq!(dead.pages.dead, 1, "{dead:?}");
+    h.ddb.cure();
+    // No earlier finish check is left to help: the ended run's last one is consumed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    while h.runner.drain_fetch_queue().await? > 0 {}
+    failpoint::arm("finish.after_claim", 1);
+    let sqs = aws_sdk_sqs::Client::new(&h.sdk);
+    let report = assetsync::console::redrive(&h.runs, &sqs, &h.settings, &dead.run_id).await?;
+    println!("redrive: {}", serde_json::to_string(&report)?);
+    assert!(report.finish_check, "{report:?}");
+    assert_eq!((report.requeued, report.reopened), (1, 1), "{report:?}");
+    assert_eq!(report.status, "running");
+    let begin = Instant::now();
+    let s = h
+        .runner
+        .drain_until_done(&dead.run_id, &mut |_| {})
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "redriven run ended by itself {:?} after the redrive: {}",
+        begin.elapsed(),
+        serde_json::to_string(&s)?
+    );
+    assert_eq!(
+        failpoint::remaining("finish.after_claim"),
+        0,
+        "the finisher died"
+    );
+    assert_eq!(s.pages.dead, 0, "{s:?}");
+    check_exact(&h, &c.sim, &s, c.before, "redrive").await?;
+    assert!(h.record("Hardware", "REDRIVE0001").await?.is_some());
     Ok(())
 }

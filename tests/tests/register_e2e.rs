@@ -322,20 +322,8 @@ async fn a_poison_page_is_dead_lettered_named_and_redriven() -> anyhow::Result<(
 
     // The cause goes away; redrive puts the page back and the run completes.
     h.ddb.cure();
-    let dlq = h
-        .settings
-        .dlq_url
-        .clone()
-        .expect("DLQ_URL from the template");
     let sqs = aws_sdk_sqs::Client::new(&h.sdk);
-    let report = console::redrive(
-        &h.runs,
-        &sqs,
-        &dlq,
-        &h.settings.records_queue_url,
-        &s.run_id,
-    )
-    .await?;
+    let report = console::redrive(&h.runs, &sqs, &h.settings, &s.run_id).await?;
     println!("redrive: {report:?}");
     let s2 = h
         .runner
