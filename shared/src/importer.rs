@@ -442,7 +442,10 @@ impl Importer {
             let announced = if create_keys.is_empty() {
                 None
             } else {
-                Some(self.announce_creates(ot, msg, page_id, &create_keys).await?)
+                Some(
+                    self.announce_creates(ot, msg, page_id, &create_keys)
+                        .await?,
+                )
             };
             let create_until = announced.as_ref().map(|(_, _, u)| *u);
             let written: Result<(), SyncError> = async {
@@ -681,7 +684,11 @@ impl Importer {
             .filter(|o| !o.conditional)
             .map(|o| o.id.clone())
             .collect();
-        tracing::info!(sharing = sharing.len(), open = open.len(), "another page is creating some of this page's keys: creating them one by one");
+        tracing::info!(
+            sharing = sharing.len(),
+            open = open.len(),
+            "another page is creating some of this page's keys: creating them one by one"
+        );
         let began = Instant::now();
         let mut delay = Duration::from_millis(10);
         while !open.is_empty() {

@@ -694,7 +694,9 @@ impl Store {
 
     /// Every create announcement of an object type (strongly consistent).
     pub async fn intents(&self, object_type: &str) -> Result<Vec<CreateIntent>, AwsError> {
-        let items = self.query(&intent_pk(object_type), None, false, None).await?;
+        let items = self
+            .query(&intent_pk(object_type), None, false, None)
+            .await?;
         Ok(items
             .iter()
             .map(|i| {
@@ -724,7 +726,9 @@ impl Store {
 
     /// Withdraw a create announcement (its page wrote all it will write).
     pub async fn delete_intent(&self, object_type: &str, id: &str) -> Result<(), AwsError> {
-        self.delete(&intent_pk(object_type), id, None).await.map(|_| ())
+        self.delete(&intent_pk(object_type), id, None)
+            .await
+            .map(|_| ())
     }
 
     /// Like [`Store::batch_put`], but no request starts at or after `until`: the items are
