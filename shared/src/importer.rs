@@ -601,6 +601,12 @@ impl Importer {
                 for (email, entry) in email_updates {
                     // Only what changed: new items whole and batched, existing ones by attribute path.
                     let before = emails.get(&email).cloned().unwrap_or_default();
+                    for k in &entry.waiting_items {
+                        let mut item = Item::new();
+                        item.insert("pk".into(), crate::store::s(format!("E#{email}")));
+                        item.insert("sk".into(), crate::store::s(format!("W#{k}")));
+                        new_items.push(item);
+                    }
                     let change = crate::store::EmailChange::between(&before, &entry);
                     if change.is_empty() {
                         continue;
@@ -1154,7 +1160,12 @@ impl Importer {
             return;
         }
         let e = updates.entry(email).or_insert_with(|| entry.clone());
-        e.waiting.insert(rec.key.clone(), true);
+        if !entry.absent && !entry.waiting.is_empty() {
+            // The item already says "devices wait here": note this one beside it, in a batch.
+            e.waiting_items.insert(rec.key.clone());
+        } else {
+            e.waiting.insert(rec.key.clone(), true);
+        }
     }
 
     /// Keep the email index in step with a person record.
@@ -1220,9 +1231,13 @@ impl Importer {
         if entry.active().is_none() || entry.waiting.is_empty() {
             return Ok(());
         }
+        // Devices noted in items of their own, only ever beside a non-empty `waiting` map.
+        let items = self.store.waiting_items(&email).await?;
+        let mut waiting: BTreeSet<String> = entry.waiting.keys().cloned().collect();
+        waiting.extend(items.iter().cloned());
         let one = HashMap::from([(email.clone(), entry.clone())]);
         let mut history = Vec::new();
-        for hw in entry.waiting.keys() {
+        for hw in &waiting {
             for _ in 0..5 {
                 let Some(mut dev) = self.store.record(ObjectType::Hardware.as_str(), hw).await?
                 else {
@@ -1271,6 +1286,12 @@ impl Importer {
         self.store.batch_put(history).await?;
         if let Some(e) = lock(updates).get_mut(&email) {
             e.waiting.clear();
+            e.waiting_items.clear();
+        }
+        for k in items {
+            self.store
+                .delete(&format!("E#{email}"), &format!("W#{k}"), None)
+                .await?;
         }
         Ok(())
     }

@@ -514,6 +514,11 @@ pub struct EmailEntry {
     /// Not stored: the item did not exist when read (a new one is written whole, in batches).
     #[serde(skip)]
     pub absent: bool,
+    /// Not stored here: devices noted waiting in items of their own (`E#<email>` / `W#<key>`),
+    /// written in batches. A page notes a device that way when the item already has waiting
+    /// devices (so a person's import looks for such items), saving an UpdateItem per email.
+    #[serde(skip)]
+    pub waiting_items: std::collections::BTreeSet<String>,
 }
 
 /// What the email index remembers of a person.
@@ -817,6 +822,17 @@ impl EmailChange {
 }
 
 impl Store {
+    /// Devices waiting for an email in items of their own (see [`EmailEntry::waiting_items`]).
+    pub async fn waiting_items(&self, email: &str) -> Result<Vec<String>, AwsError> {
+        Ok(self
+            .query(&format!("E#{email}"), Some("W#"), false, None)
+            .await?
+            .iter()
+            .filter_map(|i| i.get("sk").and_then(|v| v.as_s().ok()))
+            .filter_map(|sk| sk.strip_prefix("W#").map(str::to_string))
+            .collect())
+    }
+
     /// Apply changes to `E#<email>` by attribute path (bounded: past [`MAX_WAITING`] waiting
     /// devices or [`MAX_PERSONS`] people, additions are dropped with a warning).
     pub async fn update_email(&self, email: &str, change: EmailChange) -> Result<(), AwsError> {

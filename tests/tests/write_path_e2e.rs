@@ -375,3 +375,64 @@ async fn two_connections_creating_one_fleet_at_once_make_one_record_per_serial(
     assert!(h.store.intents("Hardware").await?.is_empty());
     Ok(())
 }
+
+/// Devices of one person on different pages: the second page notes its device beside the email
+/// index item in an item of its own (batched, no UpdateItem); the person's import assigns both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn devices_waiting_across_pages_are_all_assigned() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let _sim = jamf(&h, 300, 42, "assetsync/jamf-w").await?;
+    let jc = JumpCloudSim::start(JumpCloudConfig {
+        systems: 5,
+        users: 200,
+        ..JumpCloudConfig::default()
+    })
+    .await?;
+    h.put_secret("assetsync/jc-w", &jc.secret()).await?;
+    let mut ev = event("jamf-w", "jamf", "assetsync/jamf-w", "Hardware");
+    ev["mapping"] = json!("config:page_size=20");
+    h.ddb.reset();
+    let s = h.sync(&ev).await?;
+    assert_eq!(s.status.as_str(), "succeeded", "{s:?}");
+    let c = h.ddb.get();
+    // One batch of email index items a page at most: none is updated by path (a request each).
+    let e_writes = c.writes_by_kind.get("E").copied().unwrap_or(0);
+    assert!(
+        e_writes <= s.pages.fetched,
+        "{e_writes} email index writes for {} pages: {:?}",
+        s.pages.fetched,
+        c.writes_by_kind
+    );
+    let sp = h
+        .sync(&event("jc-w", "jumpcloud", "assetsync/jc-w", "Person"))
+        .await?;
+    assert_eq!(sp.status.as_str(), "succeeded", "{sp:?}");
+    let active: HashSet<String> = jc
+        .users()
+        .iter()
+        .filter(|u| {
+            u["state"] == json!("ACTIVATED")
+                || (u.get("state").is_none() && u["suspended"] != json!(true))
+        })
+        .filter_map(|u| u["email"].as_str().map(str::to_lowercase))
+        .collect();
+    let devices = h.all_records("Hardware").await?;
+    let mut assigned = 0;
+    for d in &devices {
+        let Some(email) = d.a.get("User Email").map(|e| e.to_lowercase()) else {
+            continue;
+        };
+        if active.contains(&email) {
+            assigned += 1;
+            assert_eq!(
+                d.a.get("Status").map(String::as_str),
+                Some("assigned"),
+                "{:?}",
+                d.a
+            );
+            assert_eq!(d.a.get("Assigned To"), Some(&email));
+        }
+    }
+    assert!(assigned > 50, "{assigned}");
+    Ok(())
+}
