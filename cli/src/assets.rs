@@ -83,7 +83,8 @@ pub async fn run(g: &Global, cmd: AssetsCmd) -> anyhow::Result<()> {
             Ok(())
         }
         AssetsCmd::Get { key, .. } => {
-            let rec = console::get_record(&store, ot, &key)
+            // The live view: check-in times move in the page packs, not in the record.
+            let rec = console::get_live_record(&store, ot, &key)
                 .await
                 .map_err(console_err)?
                 .ok_or_else(|| {

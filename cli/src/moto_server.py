@@ -9,7 +9,8 @@
 # This replacement checks every condition first and writes nothing when one fails (the errors are
 # reported exactly as moto reports them); otherwise it applies the writes, keeping a copy of just
 # the items it touches so that a write failing midway can be undone. Transactions are serialised
-# with each other. Everything else is moto as installed.
+# with each other, and DynamoDB requests are applied one at a time (below). Everything else is moto
+# as installed.
 #
 # Usage: python moto_server.py -H 127.0.0.1 -p PORT   (the arguments of moto_server)
 import copy
@@ -120,7 +121,31 @@ def transact_write_items(self, transact_items):
 if DynamoDBBackend is not None:
     DynamoDBBackend.transact_write_items = transact_write_items
 
+
+def _linearize_dynamodb():
+    """One DynamoDB request at a time, as DynamoDB applies each atomically.
+
+    Threaded moto reads an item, builds the new one and stores it; another thread may store in
+    between, so two `attribute_not_exists` creates of one key can both succeed (a duplicate
+    `created` when two connections create one serial at once). Other services stay concurrent.
+    """
+    from moto.moto_server import werkzeug_app
+
+    lock = threading.Lock()
+    dispatch = werkzeug_app.DomainDispatcherApplication.__call__
+
+    def linearized(self, environ, start_response):
+        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+            with lock:
+                return dispatch(self, environ, start_response)
+        return dispatch(self, environ, start_response)
+
+    werkzeug_app.DomainDispatcherApplication.__call__ = linearized
+
+
 if __name__ == "__main__":
     from moto.server import main
+
+    _linearize_dynamodb()
 
     main(sys.argv[1:])

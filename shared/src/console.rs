@@ -27,7 +27,7 @@ use crate::normalize;
 use crate::register::{attr, Change, Provenance, StoredRecord, HAND};
 use crate::runs::{RunItem, Runs};
 use crate::settings::Settings;
-use crate::store::{dyn_err, from_item, n, record_pk, s, to_item, EmailEntry, PersonRef, Store};
+use crate::store::{dyn_err, from_item, n, record_pk, s, to_item, PersonRef, Store};
 
 /// The connection name hand edits are recorded under, and the run/page parts of their history key.
 pub const HAND_RUN: &str = "hand";
@@ -127,6 +127,23 @@ pub async fn get_record(
     let norm = normalise_key(object_type, key);
     if norm != key {
         return Ok(store.record(object_type.as_str(), &norm).await?);
+    }
+    Ok(None)
+}
+
+/// Read one record as the register shows it (volatile values such as check-in times from the
+/// connections' page packs; see [`Store::live_record`]), by a user-typed key.
+pub async fn get_live_record(
+    store: &Store,
+    object_type: ObjectType,
+    key: &str,
+) -> Result<Option<StoredRecord>, ConsoleError> {
+    if let Some(r) = store.live_record(object_type.as_str(), key).await? {
+        return Ok(Some(r));
+    }
+    let norm = normalise_key(object_type, key);
+    if norm != key {
+        return Ok(store.live_record(object_type.as_str(), &norm).await?);
     }
     Ok(None)
 }
@@ -402,32 +419,25 @@ pub(crate) async fn reindex_person(
     if before == after {
         return Ok(());
     }
-    let mut touched: BTreeMap<String, EmailEntry> = BTreeMap::new();
-    for email in before.iter().chain(after.iter()).map(|(e, _)| e.clone()) {
-        if touched.contains_key(&email) {
-            continue;
-        }
-        let entry = match store.get(&format!("E#{email}"), "#").await? {
-            Some(i) => from_item(i)?,
-            None => EmailEntry::default(),
-        };
-        touched.insert(email, entry);
-    }
+    // By attribute path, like the importer: other people and waiting devices of the same
+    // email, written concurrently, keep theirs.
     if let Some((e, _)) = &before {
-        if let Some(entry) = touched.get_mut(e) {
-            entry.persons.remove(&new.key);
+        if after.as_ref().map(|(a, _)| a) != Some(e) {
+            let change = crate::store::EmailChange {
+                remove_persons: vec![new.key.clone()],
+                ..Default::default()
+            };
+            store.update_email(e, change).await?;
         }
     }
     if let Some((e, p)) = after {
-        if let Some(entry) = touched.get_mut(&e) {
-            entry.persons.insert(new.key.clone(), p);
-        }
+        let change = crate::store::EmailChange {
+            set_persons: vec![(new.key.clone(), p)],
+            ..Default::default()
+        };
+        store.update_email(&e, change).await?;
     }
-    let items = touched
-        .into_iter()
-        .map(|(e, entry)| to_item(&format!("E#{e}"), "#", &entry))
-        .collect::<Result<Vec<_>, _>>()?;
-    store.batch_put(items).await
+    Ok(())
 }
 
 /// What [`redrive`] did.

@@ -23,7 +23,9 @@ use crate::register::{
 };
 use crate::runs::{member_item, now, PageMarker, RunItem, Runs};
 use crate::settings::Settings;
-use crate::store::{is_record_error, record_pk, to_item, EmailEntry, Item, PersonRef, Store};
+use crate::store::{
+    is_record_error, now_ms, record_pk, to_item, CreateIntent, EmailEntry, Item, PersonRef, Store,
+};
 use crate::summary::{Counts, RecordError};
 
 /// Longest record key the register accepts (DynamoDB allows 2048 bytes of partition key; the
@@ -32,6 +34,13 @@ pub const MAX_KEY_BYTES: usize = 512;
 
 /// Time an invocation keeps in hand before its deadline to hand back unprocessed messages.
 pub const DEADLINE_RESERVE: Duration = Duration::from_secs(10);
+
+/// How long a page's create announcement stands (others wait for it at most this long).
+pub const ANNOUNCE_FOR: Duration = Duration::from_secs(120);
+
+/// How long after announcing a page may still start a create: well inside [`ANNOUNCE_FOR`], so a
+/// request started in time (and the SDK's retries of it) lands before the announcement lapses.
+pub const CREATE_WITHIN: Duration = Duration::from_secs(60);
 
 /// What the importer is built from, once per cold start.
 pub struct Importer {
@@ -434,83 +443,201 @@ impl Importer {
                     (r, fp, d, cur, t)
                 })
                 .collect();
-            let results: Vec<_> = futures::stream::iter(jobs)
-                .map(|(r, fp, d, cur, t)| {
-                    let (writer, emails, email_updates) = (&writer, &emails, &email_updates);
-                    async move {
-                        let res = self
-                            .apply(&r, d, cur, writer, emails, email_updates, t, ts, page_id)
-                            .await;
-                        (r, fp, res)
-                    }
-                })
-                .buffer_unordered(8)
-                .collect()
-                .await;
-            let mut side: Vec<Item> = Vec::new();
-            for (r, fp, res) in results {
-                let key = r.key.clone().unwrap_or_default();
-                match res {
-                    Ok(a) => {
-                        match a.outcome {
-                            "created" => counts.created += 1,
-                            "updated" => counts.updated += 1,
-                            "duplicate" => counts.duplicate += 1,
-                            "not_found" => counts.not_found += 1,
-                            _ => counts.unchanged += 1,
+            let create_keys: BTreeSet<String> = jobs
+                .iter()
+                .filter(|j| j.2 == Decision::Create)
+                .filter_map(|j| j.0.key.clone())
+                .collect();
+            let announced = if create_keys.is_empty() {
+                None
+            } else {
+                Some(
+                    self.announce_creates(ot, msg, page_id, &create_keys)
+                        .await?,
+                )
+            };
+            let create_until = announced.as_ref().map(|(_, _, u)| *u);
+            let written: Result<(), SyncError> = async {
+                let mut side: Vec<Item> = Vec::new();
+                // Batch mode: the announced keys still absent are created in BatchWriteItem
+                // calls (records first, then membership and history with the other side items).
+                let mut jobs = jobs;
+                if let Some((_, true, until)) = &announced {
+                    let keys: Vec<String> = create_keys.iter().cloned().collect();
+                    // Read again after announcing: a page that finished creating some of these
+                    // keys before this announcement withdrew its own, and its records are here.
+                    let there = self.store.records(ot.as_str(), &keys).await?;
+                    let mut batch = Vec::new();
+                    let mut rest = Vec::new();
+                    for (r, fp, d, cur, t) in jobs {
+                        let found = r.key.as_ref().and_then(|k| there.get(k)).cloned();
+                        match (&d, found) {
+                            (Decision::Create, None) => batch.push((r, fp, t)),
+                            (Decision::Create, Some(c)) => {
+                                let d2 = decide(&r, Some(&c), &writer);
+                                rest.push((r, fp, d2, Some(c), t));
+                            }
+                            _ => rest.push((r, fp, d, cur, t)),
                         }
-                        if let Some((action, changes)) = &a.history {
-                            if !changes.is_empty() {
+                    }
+                    let mut recs = Vec::new();
+                    let mut items = Vec::new();
+                    for (r, fp, t) in &batch {
+                        let rec = self.build_created(
+                            r,
+                            &writer,
+                            &emails,
+                            &email_updates,
+                            t.unwrap_or(0),
+                            ts,
+                            page_id,
+                        );
+                        items.push(to_item(&record_pk(ot.as_str(), &rec.key), "#", &rec)?);
+                        recs.push((rec, *fp));
+                    }
+                    match self.store.batch_put_until(items, *until).await {
+                        Ok(()) => {
+                            for (rec, fp) in recs {
+                                counts.created += 1;
+                                side.push(member_item(&msg.connection, ot.as_str(), &rec.key)?);
                                 side.push(history_item(
-                                    ot, &key, ts, &writer, page_id, action, changes,
+                                    ot,
+                                    &rec.key,
+                                    ts,
+                                    &writer,
+                                    page_id,
+                                    "created",
+                                    &all_as_changes(&rec),
                                 )?);
+                                if let Some(e) = pack.entries.get_mut(&rec.key) {
+                                    e.fp = fp;
+                                    e.settled = true;
+                                }
+                                if ot == ObjectType::Person {
+                                    self.assign_waiting(&rec, &email_updates, &writer, ts, page_id)
+                                        .await?;
+                                }
                             }
                         }
-                        if a.member {
-                            side.push(member_item(&msg.connection, ot.as_str(), &key)?);
-                        }
-                        if matches!(a.outcome, "created" | "updated" | "unchanged") {
-                            if let Some(e) = pack.entries.get_mut(&key) {
-                                e.fp = fp;
-                                e.settled = true;
+                        // One record DynamoDB refuses (too big) fails its whole batch: create
+                        // them one by one, so that one is an error of the run and the rest land
+                        // (those the batch wrote are found with this page's mark).
+                        Err(e) if is_record_error(&e) => {
+                            for (r, fp, t) in batch {
+                                let cur = match &r.key {
+                                    Some(k) => self.store.record(ot.as_str(), k).await?,
+                                    None => None,
+                                };
+                                let d = decide(&r, cur.as_ref(), &writer);
+                                rest.push((r, fp, d, cur, t));
                             }
                         }
+                        Err(e) => return Err(e.into()),
                     }
-                    Err(SyncError::Aws(e)) if is_record_error(&e) => {
-                        // A property of this record (too big, malformed): an error of the run.
-                        counts.errors += 1;
-                        errors.push(RecordError {
-                            key,
-                            reason: chain(&e),
-                        });
+                    jobs = rest;
+                }
+                let results: Vec<_> = futures::stream::iter(jobs)
+                    .map(|(r, fp, d, cur, t)| {
+                        let (writer, emails, email_updates) = (&writer, &emails, &email_updates);
+                        async move {
+                            let res = self
+                                .apply(
+                                    &r,
+                                    d,
+                                    cur,
+                                    writer,
+                                    emails,
+                                    email_updates,
+                                    t,
+                                    create_until,
+                                    ts,
+                                    page_id,
+                                )
+                                .await;
+                            (r, fp, res)
+                        }
+                    })
+                    .buffer_unordered(8)
+                    .collect()
+                    .await;
+                for (r, fp, res) in results {
+                    let key = r.key.clone().unwrap_or_default();
+                    match res {
+                        Ok(a) => {
+                            match a.outcome {
+                                "created" => counts.created += 1,
+                                "updated" => counts.updated += 1,
+                                "duplicate" => counts.duplicate += 1,
+                                "not_found" => counts.not_found += 1,
+                                _ => counts.unchanged += 1,
+                            }
+                            if let Some((action, changes)) = &a.history {
+                                if !changes.is_empty() {
+                                    side.push(history_item(
+                                        ot, &key, ts, &writer, page_id, action, changes,
+                                    )?);
+                                }
+                            }
+                            if a.member {
+                                side.push(member_item(&msg.connection, ot.as_str(), &key)?);
+                            }
+                            if matches!(a.outcome, "created" | "updated" | "unchanged") {
+                                if let Some(e) = pack.entries.get_mut(&key) {
+                                    e.fp = fp;
+                                    e.settled = true;
+                                }
+                            }
+                        }
+                        Err(SyncError::Aws(e)) if is_record_error(&e) => {
+                            // A property of this record (too big, malformed): an error of the run.
+                            counts.errors += 1;
+                            errors.push(RecordError {
+                                key,
+                                reason: chain(&e),
+                            });
+                        }
+                        // Anything else (throttling, conflicts, 5xx past the retries) fails the page:
+                        // SQS redelivers it, and what was written is counted by the retry.
+                        Err(e) => return Err(e),
                     }
-                    // Anything else (throttling, conflicts, 5xx past the retries) fails the page:
-                    // SQS redelivers it, and what was written is counted by the retry.
-                    Err(e) => return Err(e),
+                }
+                // Side items after the records: a crash in between is completed by the redelivery,
+                // which finds this page's mark on each record it wrote.
+                crate::failpoint::hit("importer.after_records")?;
+                self.store.batch_put(side).await?;
+                let email_updates = std::mem::take(&mut *lock(&email_updates));
+                let mut new_items = Vec::new();
+                for (email, entry) in email_updates {
+                    // Only what changed: new items whole and batched, existing ones by attribute path.
+                    let before = emails.get(&email).cloned().unwrap_or_default();
+                    for k in &entry.waiting_items {
+                        let mut item = Item::new();
+                        item.insert("pk".into(), crate::store::s(format!("E#{email}")));
+                        item.insert("sk".into(), crate::store::s(format!("W#{k}")));
+                        new_items.push(item);
+                    }
+                    let change = crate::store::EmailChange::between(&before, &entry);
+                    if change.is_empty() {
+                        continue;
+                    }
+                    if before.absent {
+                        new_items.push(to_item(&format!("E#{email}"), "#", &entry)?);
+                    } else {
+                        self.store.update_email(&email, change).await?;
+                    }
+                }
+                self.store.batch_put(new_items).await?;
+                Ok(())
+            }
+            .await;
+            if let Some((intent, _, _)) = &announced {
+                // Withdrawn once this page writes no more creates (also on failure: its retry
+                // announces again).
+                if let Err(e) = self.store.delete_intent(ot.as_str(), &intent.id).await {
+                    tracing::warn!(error = %chain(&e), "could not withdraw the page's create announcement; it expires");
                 }
             }
-            // Side items after the records: a crash in between is completed by the redelivery,
-            // which finds this page's mark on each record it wrote.
-            crate::failpoint::hit("importer.after_records")?;
-            self.store.batch_put(side).await?;
-            let email_updates = email_updates
-                .into_inner()
-                .unwrap_or_else(|p| p.into_inner());
-            let mut new_items = Vec::new();
-            for (email, entry) in email_updates {
-                // Only what changed: new items whole and batched, existing ones by attribute path.
-                let before = emails.get(&email).cloned().unwrap_or_default();
-                let change = crate::store::EmailChange::between(&before, &entry);
-                if change.is_empty() {
-                    continue;
-                }
-                if before.absent {
-                    new_items.push(to_item(&format!("E#{email}"), "#", &entry)?);
-                } else {
-                    self.store.update_email(&email, change).await?;
-                }
-            }
-            self.store.batch_put(new_items).await?;
+            written?;
         }
         if counted {
             // Last: the pack says "these records are as reported", so it follows their writes.
@@ -519,6 +646,96 @@ impl Importer {
                 .await?;
         }
         Ok((counts, errors))
+    }
+
+    /// Announce the keys this page is about to create, and say how it may create them: `true`
+    /// in batches (unconditional puts), `false` one by one with `attribute_not_exists`; with the
+    /// time until which it may start a create.
+    ///
+    /// Why one record per key: every page announces before it reads what to create (the second
+    /// read in batch mode), then reads all announcements. Of two pages creating one key, at least
+    /// one sees the other's announcement (each writes before it reads, and an announcement is
+    /// withdrawn only after its page's creates are written). A page that sees a live announcement
+    /// sharing a key turns conditional (so it never batch-creates) and waits until each sharing
+    /// page is conditional too, gone or lapsed: a batch-creating page therefore saw nobody, and
+    /// everybody creating its keys either writes after its batch is done (and finds the records)
+    /// or creates conditionally after the second read. Lapse is safe because a page starts no
+    /// create after [`CREATE_WITHIN`], long before [`ANNOUNCE_FOR`] ends.
+    async fn announce_creates(
+        &self,
+        ot: ObjectType,
+        msg: &PageMessage,
+        page_id: &str,
+        keys: &BTreeSet<String>,
+    ) -> Result<(CreateIntent, bool, Instant), SyncError> {
+        let mut until = Instant::now() + CREATE_WITHIN;
+        let mut intent = CreateIntent {
+            id: format!(
+                "{}#{}#{page_id}#{:08x}",
+                msg.connection,
+                msg.run_id,
+                rand::random::<u32>()
+            ),
+            keys: keys.clone(),
+            until_ms: now_ms() + ANNOUNCE_FOR.as_millis() as i64,
+            conditional: false,
+        };
+        self.store.put_intent(ot.as_str(), &intent).await?;
+        let now = now_ms();
+        let sharing: Vec<CreateIntent> = self
+            .store
+            .intents(ot.as_str())
+            .await?
+            .into_iter()
+            .filter(|o| o.id != intent.id && o.until_ms > now && !o.keys.is_disjoint(keys))
+            .collect();
+        if sharing.is_empty() {
+            return Ok((intent, true, until));
+        }
+        intent.conditional = true;
+        self.store.put_intent(ot.as_str(), &intent).await?;
+        let mut open: BTreeSet<String> = sharing
+            .iter()
+            .filter(|o| !o.conditional)
+            .map(|o| o.id.clone())
+            .collect();
+        tracing::info!(
+            sharing = sharing.len(),
+            open = open.len(),
+            "another page is creating some of this page's keys: creating them one by one"
+        );
+        let began = Instant::now();
+        let mut delay = Duration::from_millis(10);
+        while !open.is_empty() {
+            if began.elapsed() > ANNOUNCE_FOR - CREATE_WITHIN {
+                // Past this, this page's own announcement could lapse while it waits.
+                return Err(SyncError::Other(
+                    "waited too long for another page creating the same keys; the page is retried"
+                        .into(),
+                ));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+            let now = now_ms();
+            let cur: HashMap<String, CreateIntent> = self
+                .store
+                .intents(ot.as_str())
+                .await?
+                .into_iter()
+                .map(|i| (i.id.clone(), i))
+                .collect();
+            open.retain(|id| {
+                cur.get(id)
+                    .is_some_and(|o| !o.conditional && o.until_ms > now)
+            });
+        }
+        if Instant::now() + CREATE_WITHIN / 2 > until {
+            // The wait ate into the window: extend it while the announcement still stands.
+            intent.until_ms = now_ms() + ANNOUNCE_FOR.as_millis() as i64;
+            until = Instant::now() + CREATE_WITHIN;
+            self.store.put_intent(ot.as_str(), &intent).await?;
+        }
+        Ok((intent, false, until))
     }
 
     /// Read the email index entries this page needs: people's emails (to index them and resolve
@@ -605,6 +822,7 @@ impl Importer {
         emails: &HashMap<String, EmailEntry>,
         email_updates: &std::sync::Mutex<BTreeMap<String, EmailEntry>>,
         mut tag_no: Option<u64>,
+        create_until: Option<Instant>,
         ts: &str,
         page_id: &str,
     ) -> Result<Applied, SyncError> {
@@ -655,6 +873,17 @@ impl Importer {
             };
             match (&d, &cur) {
                 (Decision::Create, _) => {
+                    // A create only under this page's announcement of the key, and only while
+                    // the announcement stands (see `announce_creates`); otherwise the page is
+                    // retried, and its retry announces the key.
+                    match create_until {
+                        Some(u) if Instant::now() < u => {}
+                        _ => {
+                            return Err(SyncError::Other(format!(
+                                "record {key} has to be created outside its page's create announcement; the page is retried"
+                            )))
+                        }
+                    }
                     let tag = match tag_no {
                         Some(t) => t,
                         // A create that arose from a lost race takes a tag of its own.
@@ -665,48 +894,7 @@ impl Importer {
                         }
                         None => 0,
                     };
-                    let mut rec = StoredRecord {
-                        object_type: ot.as_str().into(),
-                        key: key.clone(),
-                        ver: 1,
-                        created_at: ts.to_string(),
-                        created_by: w.connection.to_string(),
-                        ..Default::default()
-                    };
-                    for (a, v) in &r.attrs {
-                        rec.a.insert(a.clone(), v.clone());
-                        rec.p.insert(a.clone(), prov.clone());
-                    }
-                    if let Some(parent) = &r.parent {
-                        rec.a
-                            .entry("Device Serial".into())
-                            .or_insert_with(|| parent.clone());
-                    }
-                    rec.src.insert(w.connection.to_string(), src.clone());
-                    if ot == ObjectType::Hardware {
-                        let created = self.created_once(&rec.a, emails, w, tag);
-                        for (a, v) in created {
-                            rec.a.insert(a.clone(), v);
-                            rec.p.insert(a, prov.clone());
-                        }
-                        for (a, v) in assignment_changes(&rec.a, &rec, emails, w) {
-                            set_or_remove(&mut rec, &a, v, &prov);
-                        }
-                        self.note_waiting(&rec, emails, &mut lock(email_updates));
-                    }
-                    if ot == ObjectType::Person {
-                        self.index_person(&rec, None, emails, &mut lock(email_updates));
-                    }
-                    rec.w.insert(
-                        w.connection.to_string(),
-                        WriteMark {
-                            run: w.run_id.to_string(),
-                            pg: page_id.to_string(),
-                            o: "created".into(),
-                            h: vec![],
-                            m: true,
-                        },
-                    );
+                    let rec = self.build_created(r, w, emails, email_updates, tag, ts, page_id);
                     if self.store.create_record(&rec).await? {
                         if ot == ObjectType::Person {
                             self.assign_waiting(&rec, email_updates, w, ts, page_id)
@@ -860,6 +1048,77 @@ impl Importer {
         )))
     }
 
+    /// A new record as this page creates it: attributes, derived ones, assignment and the
+    /// page's mark; notes the email index changes it implies.
+    #[allow(clippy::too_many_arguments)]
+    fn build_created(
+        &self,
+        r: &MappedRecord,
+        w: &Writer<'_>,
+        emails: &HashMap<String, EmailEntry>,
+        email_updates: &std::sync::Mutex<BTreeMap<String, EmailEntry>>,
+        tag: u64,
+        ts: &str,
+        page_id: &str,
+    ) -> StoredRecord {
+        let ot = w.object_type;
+        let prov = Provenance {
+            c: w.connection.to_string(),
+            s: w.source.to_string(),
+            t: ts.to_string(),
+            r: w.run_id.to_string(),
+        };
+        let src = SourceRef {
+            id: r.source_id.clone(),
+            ci: r.checked_in.clone(),
+            run: w.run_id.to_string(),
+            missing: None,
+        };
+        let mut rec = StoredRecord {
+            object_type: ot.as_str().into(),
+            key: r.key.clone().unwrap_or_default(),
+            ver: 1,
+            created_at: ts.to_string(),
+            created_by: w.connection.to_string(),
+            ..Default::default()
+        };
+        for (a, v) in &r.attrs {
+            rec.a.insert(a.clone(), v.clone());
+            rec.p.insert(a.clone(), prov.clone());
+        }
+        if let Some(parent) = &r.parent {
+            rec.a
+                .entry("Device Serial".into())
+                .or_insert_with(|| parent.clone());
+        }
+        rec.src.insert(w.connection.to_string(), src);
+        if ot == ObjectType::Hardware {
+            let created = self.created_once(&rec.a, emails, w, tag);
+            for (a, v) in created {
+                rec.a.insert(a.clone(), v);
+                rec.p.insert(a, prov.clone());
+            }
+            for (a, v) in assignment_changes(&rec.a, &rec, emails, w) {
+                set_or_remove(&mut rec, &a, v, &prov);
+            }
+            self.note_waiting(&rec, emails, &mut lock(email_updates));
+        }
+        if ot == ObjectType::Person {
+            self.index_person(&rec, None, emails, &mut lock(email_updates));
+        }
+        rec.w.insert(
+            w.connection.to_string(),
+            WriteMark {
+                run: w.run_id.to_string(),
+                pg: page_id.to_string(),
+                o: "created".into(),
+                h: vec![],
+                m: true,
+            },
+        );
+        rec
+    }
+
     /// Asset tag, derived name and category: set once, on create.
     fn created_once(
         &self,
@@ -920,7 +1179,12 @@ impl Importer {
             return;
         }
         let e = updates.entry(email).or_insert_with(|| entry.clone());
-        e.waiting.insert(rec.key.clone(), true);
+        if !entry.absent && !entry.waiting.is_empty() {
+            // The item already says "devices wait here": note this one beside it, in a batch.
+            e.waiting_items.insert(rec.key.clone());
+        } else {
+            e.waiting.insert(rec.key.clone(), true);
+        }
     }
 
     /// Keep the email index in step with a person record.
@@ -986,9 +1250,13 @@ impl Importer {
         if entry.active().is_none() || entry.waiting.is_empty() {
             return Ok(());
         }
+        // Devices noted in items of their own, only ever beside a non-empty `waiting` map.
+        let items = self.store.waiting_items(&email).await?;
+        let mut waiting: BTreeSet<String> = entry.waiting.keys().cloned().collect();
+        waiting.extend(items.iter().cloned());
         let one = HashMap::from([(email.clone(), entry.clone())]);
         let mut history = Vec::new();
-        for hw in entry.waiting.keys() {
+        for hw in &waiting {
             for _ in 0..5 {
                 let Some(mut dev) = self.store.record(ObjectType::Hardware.as_str(), hw).await?
                 else {
@@ -1037,6 +1305,12 @@ impl Importer {
         self.store.batch_put(history).await?;
         if let Some(e) = lock(updates).get_mut(&email) {
             e.waiting.clear();
+            e.waiting_items.clear();
+        }
+        for k in items {
+            self.store
+                .delete(&format!("E#{email}"), &format!("W#{k}"), None)
+                .await?;
         }
         Ok(())
     }

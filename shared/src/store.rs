@@ -516,6 +516,11 @@ pub struct EmailEntry {
     /// Not stored: the item did not exist when read (a new one is written whole, in batches).
     #[serde(skip)]
     pub absent: bool,
+    /// Not stored here: devices noted waiting in items of their own (`E#<email>` / `W#<key>`),
+    /// written in batches. A page notes a device that way when the item already has waiting
+    /// devices (so a person's import looks for such items), saving an UpdateItem per email.
+    #[serde(skip)]
+    pub waiting_items: std::collections::BTreeSet<String>,
 }
 
 /// What the email index remembers of a person.
@@ -651,6 +656,108 @@ impl Store {
     }
 }
 
+/// A page's announcement that it is about to create records with these keys (`I#<Type>` /
+/// `<connection>#<run>#<page>#<nonce>`). Creates are written in batches (unconditionally) only by
+/// a page that, after announcing, saw no other live announcement sharing a key; see
+/// `Importer::announce_creates` for the protocol and why it keeps one record per key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateIntent {
+    pub id: String,
+    pub keys: std::collections::BTreeSet<String>,
+    /// Epoch milliseconds after which the announcing page writes no create any more.
+    pub until_ms: i64,
+    /// The page saw a sharing announcement: it creates only conditionally, never in batches.
+    pub conditional: bool,
+}
+
+/// The partition of an object type's create announcements.
+pub fn intent_pk(object_type: &str) -> String {
+    format!("I#{object_type}")
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Store {
+    /// Write (or rewrite) a create announcement. It carries a TTL: a crashed page's goes away.
+    pub async fn put_intent(&self, object_type: &str, i: &CreateIntent) -> Result<(), AwsError> {
+        let keys: Vec<&str> = i.keys.iter().map(String::as_str).collect();
+        self.ddb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(intent_pk(object_type)))
+            .item("sk", s(&i.id))
+            .item("k", s(keys.join("\n")))
+            .item("until", n(i.until_ms))
+            .item("cond", AttributeValue::Bool(i.conditional))
+            .item("expires_at", n(i.until_ms / 1000 + 3600))
+            .send()
+            .await
+            .map_err(|e| dyn_err("PutItem", e))?;
+        Ok(())
+    }
+
+    /// Every create announcement of an object type (strongly consistent).
+    pub async fn intents(&self, object_type: &str) -> Result<Vec<CreateIntent>, AwsError> {
+        let items = self
+            .query(&intent_pk(object_type), None, false, None)
+            .await?;
+        Ok(items
+            .iter()
+            .map(|i| {
+                let get = |k: &str| i.get(k).and_then(|v| v.as_s().ok()).cloned();
+                CreateIntent {
+                    id: get("sk").unwrap_or_default(),
+                    keys: get("k")
+                        .unwrap_or_default()
+                        .split('\n')
+                        .filter(|k| !k.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                    until_ms: i
+                        .get("until")
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                    conditional: i
+                        .get("cond")
+                        .and_then(|v| v.as_bool().ok())
+                        .copied()
+                        .unwrap_or(true),
+                }
+            })
+            .collect())
+    }
+
+    /// Withdraw a create announcement (its page wrote all it will write).
+    pub async fn delete_intent(&self, object_type: &str, id: &str) -> Result<(), AwsError> {
+        self.delete(&intent_pk(object_type), id, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Like [`Store::batch_put`], but no request starts at or after `until`: the items are
+    /// unconditional creates, only safe while their page's announcement stands.
+    pub async fn batch_put_until(
+        &self,
+        items: Vec<Item>,
+        until: std::time::Instant,
+    ) -> Result<(), AwsError> {
+        for chunk in items.chunks(25) {
+            if std::time::Instant::now() >= until {
+                return Err(AwsError::Dynamo {
+                    op: "BatchWriteItem",
+                    detail: "the page's create announcement ran out before its creates were written; the page is retried".into(),
+                });
+            }
+            self.batch_put(chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+}
+
 fn decode_pack(i: &Item) -> crate::pages::Pack {
     let get = |k: &str| {
         i.get(k)
@@ -717,6 +824,17 @@ impl EmailChange {
 }
 
 impl Store {
+    /// Devices waiting for an email in items of their own (see [`EmailEntry::waiting_items`]).
+    pub async fn waiting_items(&self, email: &str) -> Result<Vec<String>, AwsError> {
+        Ok(self
+            .query(&format!("E#{email}"), Some("W#"), false, None)
+            .await?
+            .iter()
+            .filter_map(|i| i.get("sk").and_then(|v| v.as_s().ok()))
+            .filter_map(|sk| sk.strip_prefix("W#").map(str::to_string))
+            .collect())
+    }
+
     /// Apply changes to `E#<email>` by attribute path (bounded: past [`MAX_WAITING`] waiting
     /// devices or [`MAX_PERSONS`] people, additions are dropped with a warning).
     pub async fn update_email(&self, email: &str, change: EmailChange) -> Result<(), AwsError> {

@@ -38,6 +38,19 @@ def _watch():
         pass
     os._exit(0)
 threading.Thread(target=_watch, daemon=True).start()
+# DynamoDB applies each request atomically; threaded moto does not: a conditional PutItem reads
+# the item, builds the new one (long, for a register record) and stores it, and another thread
+# may store in between, so two `attribute_not_exists` creates both succeed. One DynamoDB request
+# at a time makes moto linearizable like DynamoDB (other services stay concurrent).
+from moto.moto_server import werkzeug_app as _w
+_ddb_lock = threading.Lock()
+_dispatch = _w.DomainDispatcherApplication.__call__
+def _linearized(self, environ, start_response):
+    if environ.get('HTTP_X_AMZ_TARGET', '').startswith('DynamoDB_'):
+        with _ddb_lock:
+            return _dispatch(self, environ, start_response)
+    return _dispatch(self, environ, start_response)
+_w.DomainDispatcherApplication.__call__ = _linearized
 from moto.server import main
 main(sys.argv[1:])
 ";
