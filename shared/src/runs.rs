@@ -65,6 +65,9 @@ pub struct RunItem {
     /// When a finisher claimed the end of the run (Unix seconds).
     #[serde(default)]
     pub finishing_at: Option<i64>,
+    /// The claiming finisher's token (so a claim applied before a 500 is recognised as its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finisher: Option<String>,
     /// Which vendor API version served the run's pages (e.g. `computers-inventory v4`).
     #[serde(default)]
     pub served_by: Option<String>,
@@ -392,6 +395,9 @@ impl Runs {
         };
         match put_lease.send().await {
             Ok(_) => {}
+            // Our own lease, applied before a 500 whose retry then failed the condition.
+            Err(e)
+                if is_condition_failed(&e) && self.lease_names(&lease_pk, &run.run_id).await? => {}
             Err(e) if is_condition_failed(&e) => {
                 return Err(SyncError::AlreadyRunning {
                     connection: event.connection.clone(),
@@ -452,6 +458,7 @@ impl Runs {
             event: serde_json::to_string(event).map_err(|e| SyncError::Other(e.to_string()))?,
             fetch_failures: 0,
             finishing_at: None,
+            finisher: None,
             served_by: None,
             owner: Some(token.to_string()),
             owner_until: Utc::now().timestamp() + self.lease_seconds,
@@ -660,7 +667,15 @@ impl Runs {
             .expression_attribute_values(":tw", n(http.throttle_wait_ms));
         match req.send().await {
             Ok(out) => Ok(Some(from_item(out.attributes.unwrap_or_default())?)),
-            Err(e) if is_condition_failed(&e) => Ok(None),
+            Err(e) if is_condition_failed(&e) => {
+                // A 500 may come after DynamoDB applied the write, and the SDK's retry then fails
+                // the condition on our own checkpoint: still ours if our token holds the run and
+                // it stands at the next page (nobody else can move it there with our token).
+                Ok(self
+                    .get(run_id)
+                    .await?
+                    .filter(|r| r.owner.as_deref() == Some(token) && r.next_page == page_no + 1))
+            }
             Err(e) => Err(dyn_err("UpdateItem", e)),
         }
     }
@@ -837,6 +852,7 @@ impl Runs {
         // Claim the finish so one finisher sweeps; a claim older than two leases is a dead
         // finisher's, and the next caller takes it over.
         let now_s = Utc::now().timestamp();
+        let finisher = new_token();
         let claim = self
             .store
             .ddb
@@ -844,10 +860,11 @@ impl Runs {
             .table_name(&self.store.table)
             .key("pk", s("RUN"))
             .key("sk", s(run_id))
-            .update_expression("SET finishing_at = :now")
+            .update_expression("SET finishing_at = :now, finisher = :fin")
             .condition_expression("#st = :running AND (attribute_not_exists(finishing_at) OR finishing_at = :null OR finishing_at < :stale)")
             .expression_attribute_names("#st", "status")
             .expression_attribute_values(":now", n(now_s))
+            .expression_attribute_values(":fin", s(&finisher))
             .expression_attribute_values(":stale", n(now_s - 2 * self.lease_seconds.max(1)))
             .expression_attribute_values(":running", s("running"))
             .expression_attribute_values(":null", AttributeValue::Null(true))
@@ -855,7 +872,17 @@ impl Runs {
             .await;
         match claim {
             Ok(_) => {}
-            Err(e) if is_condition_failed(&e) => return self.get(run_id).await,
+            Err(e) if is_condition_failed(&e) => {
+                let now = self.get(run_id).await?;
+                // Our own claim, applied before a 500 whose retry then failed the condition:
+                // finish now rather than wait for the claim to go stale.
+                let ours = now.as_ref().is_some_and(|r| {
+                    r.status == "running" && r.finisher.as_deref() == Some(finisher.as_str())
+                });
+                if !ours {
+                    return Ok(now);
+                }
+            }
             Err(e) => return Err(dyn_err("UpdateItem", e)),
         }
         crate::failpoint::hit_aws("finish.after_claim")?;
@@ -953,6 +980,15 @@ impl Runs {
             );
         }
         Ok(Settled::Open(run))
+    }
+
+    /// Whether the connection's lease item names `run_id`.
+    async fn lease_names(&self, lease_pk: &str, run_id: &str) -> Result<bool, AwsError> {
+        let Some(item) = self.store.get(lease_pk, "#").await? else {
+            return Ok(false);
+        };
+        let lease: Lease = from_item(item)?;
+        Ok(lease.run_id == run_id)
     }
 
     /// The newer run of `run`'s connection that has started since, if any: the one the

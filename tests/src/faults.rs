@@ -115,6 +115,8 @@ pub struct Faults {
     rate: Arc<AtomicU64>,
     n: Arc<AtomicU64>,
     seen: Arc<Mutex<HashMap<Fault, u64>>>,
+    /// Inject only `InternalServerErrorAfterWrite`, on single-item writes.
+    after_write_only: bool,
 }
 
 impl Faults {
@@ -125,6 +127,17 @@ impl Faults {
             rate: Arc::new(AtomicU64::new((rate * 1000.0) as u64)),
             n: Arc::new(AtomicU64::new(0)),
             seen: Arc::default(),
+            after_write_only: false,
+        }
+    }
+
+    /// Answer `rate` of single-item writes (PutItem, UpdateItem, DeleteItem) with a 500 *after*
+    /// moto applied them: the SDK retries, and the retry's condition fails on the writer's own
+    /// write. Every conditional write of the run lifecycle must recognise its own.
+    pub fn applied_then_500(seed: u64, rate: f64) -> Self {
+        Faults {
+            after_write_only: true,
+            ..Faults::new(seed, rate)
         }
     }
 
@@ -158,6 +171,10 @@ impl Faults {
         let r = self.draw(n);
         if r % 1000 >= rate {
             return None;
+        }
+        if self.after_write_only {
+            return matches!(op, "PutItem" | "UpdateItem" | "DeleteItem")
+                .then_some(Fault::InternalServerErrorAfterWrite);
         }
         let kinds: &[Fault] = match op {
             "TransactWriteItems" => &[
