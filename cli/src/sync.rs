@@ -363,20 +363,26 @@ async fn invoke(
     Ok(value)
 }
 
-/// `assetsync plan --event FILE [--allow-drop]`: what a sync would do now, writing nothing.
-pub async fn plan(g: &Global, path: &Path, allow_drop: bool) -> anyhow::Result<()> {
-    let (value, _event) = with_allow_drop(read_event(path, Action::Plan)?, allow_drop);
+/// One answer of the fetcher to `value` (a `plan`, `sample` or `test` event): in-process with
+/// `--local`, otherwise from the deployed function.
+async fn ask_fetcher(g: &Global, value: Value) -> anyhow::Result<Value> {
     let target = Target::resolve(g).await?;
-    let answer = if target.in_process(g) {
+    if target.in_process(g) {
         let fetcher = local_runner_for(&target).fetcher;
         fetcher
             .handle(value, Some(Instant::now() + FETCHER_BUDGET))
             .await
-            .map_err(|e| anyhow!("{}", chain(&e)))?
+            .map_err(|e| anyhow!("{}", chain(&e)))
     } else {
         let function = fetcher_function(&target)?;
-        invoke(&aws_sdk_lambda::Client::new(&target.sdk), &function, &value).await?
-    };
+        invoke(&aws_sdk_lambda::Client::new(&target.sdk), &function, &value).await
+    }
+}
+
+/// `assetsync plan --event FILE [--allow-drop]`: what a sync would do now, writing nothing.
+pub async fn plan(g: &Global, path: &Path, allow_drop: bool) -> anyhow::Result<()> {
+    let (value, _event) = with_allow_drop(read_event(path, Action::Plan)?, allow_drop);
+    let answer = ask_fetcher(g, value).await?;
     let plan: assetsync::plan::Plan = serde_json::from_value(answer.clone())
         .map_err(|e| anyhow!("the fetcher's plan is not one ({e}): {answer}"))?;
     if g.json {
@@ -390,17 +396,7 @@ pub async fn plan(g: &Global, path: &Path, allow_drop: bool) -> anyhow::Result<(
 /// `assetsync sample|test --event FILE`.
 pub async fn sample_or_test(g: &Global, path: &Path, action: Action) -> anyhow::Result<()> {
     let (value, event) = read_event(path, action)?;
-    let target = Target::resolve(g).await?;
-    let answer = if target.in_process(g) {
-        let fetcher = local_runner_for(&target).fetcher;
-        fetcher
-            .handle(value, Some(Instant::now() + FETCHER_BUDGET))
-            .await
-            .map_err(|e| anyhow!("{}", chain(&e)))?
-    } else {
-        let function = fetcher_function(&target)?;
-        invoke(&aws_sdk_lambda::Client::new(&target.sdk), &function, &value).await?
-    };
+    let answer = ask_fetcher(g, value).await?;
     let failed = action == Action::Test && answer.get("ok") != Some(&Value::Bool(true));
     if g.json {
         output::json(&answer)?;

@@ -18,8 +18,7 @@ use crate::mapping::{MappedRecord, Mapping, DEFAULT_VOLATILE};
 use crate::normalize;
 use crate::pages::{fingerprint_under, Pack, PackEntry};
 use crate::register::{
-    attr, decide, dedupe_page, Change, Decision, Provenance, SourceRef, StoredRecord, WriteMark,
-    Writer,
+    attr, decide, dedupe_page, Change, Decision, Provenance, StoredRecord, WriteMark, Writer,
 };
 use crate::runs::{member_item, now, PageMarker, RunItem, Runs};
 use crate::settings::Settings;
@@ -324,24 +323,9 @@ impl Importer {
             ..Default::default()
         };
         let mut errors: Vec<RecordError> = msg.skipped.clone();
-        let mut keyed = Vec::new();
-        for r in &msg.records {
-            match &r.key {
-                None => {}
-                Some(k) if k.len() > MAX_KEY_BYTES => {
-                    counts.skipped += 1;
-                    errors.push(RecordError {
-                        key: k.chars().take(40).collect::<String>() + "…",
-                        reason: format!(
-                            "key is {} bytes long; the register accepts keys up to {MAX_KEY_BYTES}",
-                            k.len()
-                        ),
-                    });
-                }
-                Some(_) => keyed.push(r.clone()),
-            }
-        }
-        let (kept, dups) = dedupe_page(keyed);
+        let (kept, dups, too_long) = page_keys(&msg.records);
+        counts.skipped += too_long.len() as u64;
+        errors.extend(too_long);
         counts.duplicate += dups.len() as u64;
 
         let prev = if counted {
@@ -859,18 +843,8 @@ impl Importer {
                     });
                 }
             }
-            let prov = Provenance {
-                c: w.connection.to_string(),
-                s: w.source.to_string(),
-                t: ts.to_string(),
-                r: w.run_id.to_string(),
-            };
-            let src = SourceRef {
-                id: r.source_id.clone(),
-                ci: r.checked_in.clone(),
-                run: w.run_id.to_string(),
-                missing: None,
-            };
+            let prov = w.provenance(ts);
+            let src = w.source_ref(r);
             match (&d, &cur) {
                 (Decision::Create, _) => {
                     // A create only under this page's announcement of the key, and only while
@@ -1062,18 +1036,8 @@ impl Importer {
         page_id: &str,
     ) -> StoredRecord {
         let ot = w.object_type;
-        let prov = Provenance {
-            c: w.connection.to_string(),
-            s: w.source.to_string(),
-            t: ts.to_string(),
-            r: w.run_id.to_string(),
-        };
-        let src = SourceRef {
-            id: r.source_id.clone(),
-            ci: r.checked_in.clone(),
-            run: w.run_id.to_string(),
-            missing: None,
-        };
+        let prov = w.provenance(ts);
+        let src = w.source_ref(r);
         let mut rec = StoredRecord {
             object_type: ot.as_str().into(),
             key: r.key.clone().unwrap_or_default(),
@@ -1271,12 +1235,7 @@ impl Importer {
                 if changes.is_empty() {
                     break;
                 }
-                let prov = Provenance {
-                    c: w.connection.to_string(),
-                    s: w.source.to_string(),
-                    t: ts.to_string(),
-                    r: w.run_id.to_string(),
-                };
+                let prov = w.provenance(ts);
                 let mut hist = Vec::new();
                 for (a, v) in changes {
                     hist.push(Change {
@@ -1399,6 +1358,31 @@ fn set_or_remove(rec: &mut StoredRecord, a: &str, v: Option<String>, prov: &Prov
             rec.p.remove(a);
         }
     }
+}
+
+/// A page's records split as the register takes them: the kept ones (one per key, see
+/// `dedupe_page`), the duplicates, and the over-long keys skipped with their reason. Records
+/// without a key were already skipped by the fetcher.
+pub(crate) fn page_keys(
+    records: &[MappedRecord],
+) -> (Vec<MappedRecord>, Vec<MappedRecord>, Vec<RecordError>) {
+    let mut keyed = Vec::new();
+    let mut too_long = Vec::new();
+    for r in records {
+        match &r.key {
+            None => {}
+            Some(k) if k.len() > MAX_KEY_BYTES => too_long.push(RecordError {
+                key: k.chars().take(40).collect::<String>() + "…",
+                reason: format!(
+                    "key is {} bytes long; the register accepts keys up to {MAX_KEY_BYTES}",
+                    k.len()
+                ),
+            }),
+            Some(_) => keyed.push(r.clone()),
+        }
+    }
+    let (kept, dups) = dedupe_page(keyed);
+    (kept, dups, too_long)
 }
 
 /// One history entry.

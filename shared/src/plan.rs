@@ -11,10 +11,10 @@ use crate::error::SyncError;
 use crate::event::{ConnectionEvent, ObjectType, PageMessage};
 use crate::fetcher::{map_page, resolve_mapping, split_page, Fetcher};
 use crate::guard::{self, Absence, Breaker, GuardConfig, Verdict};
-use crate::importer::{assignment_changes, volatile_of_event, Importer, MAX_KEY_BYTES};
+use crate::importer::{assignment_changes, page_keys, volatile_of_event, Importer};
 use crate::mapping::MappedRecord;
 use crate::pages::fingerprint_under;
-use crate::register::{decide, dedupe_page, Change, Decision, SourceRef, StoredRecord, Writer};
+use crate::register::{decide, Change, Decision, StoredRecord, Writer};
 use crate::runs::{from_lease, Member, RunItem};
 use crate::store::from_item;
 use crate::summary::{Counts, RecordError};
@@ -211,24 +211,9 @@ async fn plan_page(
     let p = &mut acc.plan;
     p.counts.skipped += msg.skipped.len() as u64;
     p.skipped.extend(msg.skipped.iter().cloned());
-    let mut keyed = Vec::new();
-    for r in &msg.records {
-        match &r.key {
-            None => {}
-            Some(k) if k.len() > MAX_KEY_BYTES => {
-                p.counts.skipped += 1;
-                p.skipped.push(RecordError {
-                    key: k.chars().take(40).collect::<String>() + "…",
-                    reason: format!(
-                        "key is {} bytes long; the register accepts keys up to {MAX_KEY_BYTES}",
-                        k.len()
-                    ),
-                });
-            }
-            Some(_) => keyed.push(r.clone()),
-        }
-    }
-    let (kept, dups) = dedupe_page(keyed);
+    let (kept, dups, too_long) = page_keys(&msg.records);
+    p.counts.skipped += too_long.len() as u64;
+    p.skipped.extend(too_long);
     p.counts.duplicate += dups.len() as u64;
     for d in &dups {
         if let Some(k) = &d.key {
@@ -293,12 +278,7 @@ async fn plan_page(
     let emails = importer.load_emails(ot, &slow, &decisions, &stored).await?;
     for (r, d) in slow.into_iter().zip(decisions) {
         let key = r.key.clone().unwrap_or_default();
-        let src = SourceRef {
-            id: r.source_id.clone(),
-            ci: r.checked_in.clone(),
-            run: run_id.to_string(),
-            missing: None,
-        };
+        let src = writer.source_ref(&r);
         let p = &mut acc.plan;
         match (&d, stored.get(&key)) {
             (Decision::Create, _) | (Decision::Update { .. } | Decision::Unchanged, None) => {

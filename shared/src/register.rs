@@ -245,6 +245,26 @@ pub struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// The provenance of what this writer sets at `ts`.
+    pub fn provenance(&self, ts: &str) -> Provenance {
+        Provenance {
+            c: self.connection.to_string(),
+            s: self.source.to_string(),
+            t: ts.to_string(),
+            r: self.run_id.to_string(),
+        }
+    }
+
+    /// This writer's source entry for `r` (the record as the source reports it this run).
+    pub fn source_ref(&self, r: &MappedRecord) -> SourceRef {
+        SourceRef {
+            id: r.source_id.clone(),
+            ci: r.checked_in.clone(),
+            run: self.run_id.to_string(),
+            missing: None,
+        }
+    }
+
     /// May this writer overwrite `attr`, last set by `prov`?
     pub fn may_overwrite(&self, attr: &str, prov: Option<&Provenance>) -> bool {
         match prov {

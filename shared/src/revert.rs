@@ -32,7 +32,7 @@ use crate::error::{chain, AwsError, SyncError};
 use crate::event::ConnectionEvent;
 use crate::importer::HistoryEntry;
 use crate::register::{Change, Provenance, Reverted, SourceRef, StoredRecord, HAND};
-use crate::runs::{member_item, new_token, now, Member, RunItem, Runs, Start};
+use crate::runs::{member_item, new_token, now, Member, PageTotals, RunItem, Runs, Start};
 use crate::store::{dyn_err, from_item, is_condition_failed, n, record_pk, s, to_item, Store};
 use crate::summary::{Counts, RecordError, RevertCounts};
 
@@ -547,38 +547,26 @@ pub async fn revert(runs: &Runs, run_id: &str) -> Result<RevertReport, RevertErr
         }
     };
     let revert_counts = out.as_ref().map(|r| r.counts.clone()).unwrap_or_default();
-    runs.store
-        .ddb
-        .update_item()
-        .table_name(&runs.store.table)
-        .key("pk", s("RUN"))
-        .key("sk", s(&me.run_id))
-        .update_expression(
-            "SET #st = :s, finished_at = :t, #cnt = :c, #msg = :m, #rv = :rv, owner_until = :zero",
+    let revert_counts = serde_dynamo::to_attribute_value(&revert_counts)
+        .map_err(|e| AwsError::Item(e.to_string()))?;
+    let ended = runs
+        .end_with(
+            &me,
+            status,
+            &PageTotals::default(),
+            counts,
+            Some(message),
+            Some(("revert", revert_counts)),
         )
-        .expression_attribute_names("#rv", "revert")
-        .condition_expression("#st = :running")
-        .expression_attribute_names("#st", "status")
-        .expression_attribute_names("#cnt", "counts")
-        .expression_attribute_names("#msg", "message")
-        .expression_attribute_values(":s", s(status))
-        .expression_attribute_values(":t", s(now()))
-        .expression_attribute_values(
-            ":c",
-            serde_dynamo::to_attribute_value(counts).map_err(|e| AwsError::Item(e.to_string()))?,
-        )
-        .expression_attribute_values(
-            ":rv",
-            serde_dynamo::to_attribute_value(&revert_counts)
-                .map_err(|e| AwsError::Item(e.to_string()))?,
-        )
-        .expression_attribute_values(":m", s(message))
-        .expression_attribute_values(":zero", n(0))
-        .expression_attribute_values(":running", s("running"))
-        .send()
-        .await
-        .map_err(|e| dyn_err("UpdateItem", e))?;
-    runs.release(&run.connection, &me.run_id).await?;
+        .await?;
+    if ended.as_ref().map(|r| r.status.as_str()) != Some(status) {
+        // Ended meanwhile by someone else (abandoned by its import deadline).
+        return Err(AwsError::Item(format!(
+            "run {} was ended before the revert could end it",
+            me.run_id
+        ))
+        .into());
+    }
     let mut report = out?;
     report.run_id = Some(me.run_id);
     Ok(report)

@@ -908,14 +908,36 @@ impl Runs {
         counts: Counts,
         message: Option<String>,
     ) -> Result<Option<RunItem>, AwsError> {
-        let req = self
+        self.end_with(run, status, totals, counts, message, None)
+            .await
+    }
+
+    /// `end`, also setting one more attribute of the run item (a revert's own counts).
+    pub(crate) async fn end_with(
+        &self,
+        run: &RunItem,
+        status: &str,
+        totals: &PageTotals,
+        counts: Counts,
+        message: Option<String>,
+        extra: Option<(&str, AttributeValue)>,
+    ) -> Result<Option<RunItem>, AwsError> {
+        let mut expr = String::from("SET #st = :s, finished_at = :t, #cnt = :c, pages_imported = :pi, pages_dead = :pd, #msg = :msg, owner_until = :zero");
+        let mut req = self
             .store
             .ddb
             .update_item()
             .table_name(&self.store.table)
             .key("pk", s("RUN"))
-            .key("sk", s(&run.run_id))
-            .update_expression("SET #st = :s, finished_at = :t, #cnt = :c, pages_imported = :pi, pages_dead = :pd, #msg = :msg, owner_until = :zero")
+            .key("sk", s(&run.run_id));
+        if let Some((name, value)) = extra {
+            expr.push_str(", #extra = :extra");
+            req = req
+                .expression_attribute_names("#extra", name)
+                .expression_attribute_values(":extra", value);
+        }
+        let req = req
+            .update_expression(expr)
             .condition_expression("#st = :running")
             .expression_attribute_names("#st", "status")
             .expression_attribute_names("#cnt", "counts")
@@ -924,7 +946,8 @@ impl Runs {
             .expression_attribute_values(":t", s(now()))
             .expression_attribute_values(
                 ":c",
-                serde_dynamo::to_attribute_value(counts).map_err(|e| AwsError::Item(e.to_string()))?,
+                serde_dynamo::to_attribute_value(counts)
+                    .map_err(|e| AwsError::Item(e.to_string()))?,
             )
             .expression_attribute_values(":pi", n(totals.pages_done))
             .expression_attribute_values(":pd", n(totals.pages_dead))

@@ -3,46 +3,16 @@
 //! `--after` accepts, and `--csv` gives one row per record and one column per attribute.
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::Output;
 
+use assetsync_tests::cli::{assetsync_bin, run, temp_dir, write_stack_file};
 use assetsync_tests::harness::{event, Harness};
 use assetsync_tests::sim::jamf::{JamfConfig, JamfSim};
-use assetsync_tests::stack::repo_root;
-use serde_json::{json, Value};
-
-fn assetsync_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = repo_root();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(&cargo)
-            .args(["build", "-p", "assetsync-cli", "--bin", "assetsync"])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo build -p assetsync-cli");
-        assert!(status.success(), "`cargo build -p assetsync-cli` failed");
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"))
-            .join("debug")
-            .join("assetsync")
-    })
-    .clone()
-}
+use serde_json::Value;
 
 fn cli(stack_file: &Path, args: &[&str]) -> Output {
-    let out = Command::new(assetsync_bin())
-        .arg("--stack-file")
-        .arg(stack_file)
-        .args(args)
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("TABLE_NAME")
-        .env_remove("AWS_PROFILE")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .expect("running assetsync");
+    let out = run(stack_file, args);
     assert!(
         out.status.success(),
         "assetsync {args:?} failed: {}",
@@ -92,12 +62,7 @@ async fn json_lists_every_record_and_limited_lists_resume_with_next() -> anyhow:
         stored.len()
     );
 
-    let dir = std::env::temp_dir().join(format!("assetsync-assets-list-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let mut info = h.stack.info.clone();
-    info["endpoint"] = json!(h.stack.endpoint);
-    let stack = dir.join("stack.json");
-    std::fs::write(&stack, serde_json::to_string_pretty(&info)?)?;
+    let stack = write_stack_file(&h, &temp_dir("assets-list"));
 
     // --json: every record, as the same bare list scripts read today, and no `next`.
     let out =

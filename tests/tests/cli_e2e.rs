@@ -5,68 +5,14 @@
 //! The binary is built here (`cargo build -p assetsync-cli`, a no-op when it is fresh) and run with
 //! `--stack-file` pointing at this test's own stack (moto started by the harness).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::path::Path;
 
 use assetsync::console::{self, ConsoleError};
 use assetsync::event::ObjectType;
+use assetsync_tests::cli::{assetsync_bin, run as cli, temp_dir, write_stack_file};
 use assetsync_tests::harness::{event, Harness};
 use assetsync_tests::sim::jamf::{JamfConfig, JamfSim};
-use assetsync_tests::stack::repo_root;
 use serde_json::{json, Value};
-
-/// Build the CLI once per test process; its path.
-fn assetsync_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = repo_root();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(&cargo)
-            .args(["build", "-p", "assetsync-cli", "--bin", "assetsync"])
-            .current_dir(&root)
-            .status()
-            .unwrap_or_else(|e| panic!("running `{cargo} build -p assetsync-cli`: {e}"));
-        assert!(status.success(), "`cargo build -p assetsync-cli` failed ({status}); build the CLI and rerun");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-        let bin = target.join("debug").join("assetsync");
-        assert!(
-            bin.is_file(),
-            "{} not found after `cargo build -p assetsync-cli`: is the target directory elsewhere? (set CARGO_TARGET_DIR)",
-            bin.display()
-        );
-        bin
-    })
-    .clone()
-}
-
-/// Run the CLI against `stack_file`; never inherits AWS settings from this process.
-fn cli(stack_file: &Path, args: &[&str]) -> Output {
-    let out = Command::new(assetsync_bin())
-        .arg("--stack-file")
-        .arg(stack_file)
-        .args(args)
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("TABLE_NAME")
-        .env_remove("AWS_PROFILE")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .expect("running assetsync");
-    eprintln!(
-        "$ assetsync {}\n  exit {:?}\n  stdout: {}\n  stderr: {}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout)
-            .chars()
-            .take(1500)
-            .collect::<String>(),
-        String::from_utf8_lossy(&out.stderr)
-            .chars()
-            .take(1500)
-            .collect::<String>()
-    );
-    out
-}
 
 fn ok_json(stack_file: &Path, args: &[&str]) -> Value {
     let out = cli(stack_file, args);
@@ -77,20 +23,6 @@ fn ok_json(stack_file: &Path, args: &[&str]) -> Value {
     );
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("assetsync {args:?}: stdout is not one JSON document ({e})"))
-}
-
-fn write_stack_file(h: &Harness, dir: &Path) -> PathBuf {
-    let mut info = h.stack.info.clone();
-    info["endpoint"] = json!(h.stack.endpoint);
-    let path = dir.join("stack.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&info).unwrap()).unwrap();
-    path
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("assetsync-cli-e2e-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -11,6 +11,7 @@ use assetsync::event::ObjectType;
 use assetsync::mapping::DEFAULT_VOLATILE;
 use assetsync::register::StoredRecord;
 use assetsync::revert;
+use assetsync_tests::cli::{assetsync_bin, temp_dir, write_stack_file};
 use assetsync_tests::harness::{event, Harness};
 use assetsync_tests::sim::jamf::{JamfConfig, JamfSim};
 use serde_json::Value;
@@ -213,46 +214,13 @@ async fn a_run_is_undone_and_redone_and_the_next_sync_reapplies_the_source() -> 
     Ok(())
 }
 
-/// The CLI binary (built once per test process; a no-op when fresh).
-fn assetsync_bin() -> std::path::PathBuf {
-    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let root = assetsync_tests::stack::repo_root();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(&cargo)
-            .args(["build", "-p", "assetsync-cli", "--bin", "assetsync"])
-            .current_dir(&root)
-            .status()
-            .expect("running cargo build -p assetsync-cli");
-        assert!(status.success(), "`cargo build -p assetsync-cli` failed");
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| root.join("target"))
-            .join("debug")
-            .join("assetsync")
-    })
-    .clone()
-}
-
 /// Run the CLI against the harness's stack; (exit success, stdout).
 fn cli(stack_file: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(assetsync_bin())
-        .arg("--stack-file")
-        .arg(stack_file)
-        .args(args)
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("TABLE_NAME")
-        .env_remove("AWS_PROFILE")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .expect("running assetsync");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    eprintln!(
-        "$ assetsync {}\n{stdout}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), stdout)
+    let out = assetsync_tests::cli::run(stack_file, args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -276,12 +244,7 @@ async fn the_cli_plans_and_reverts_a_run() -> anyhow::Result<()> {
     let run = h.sync(&ev).await?;
     assert_eq!(run.counts.updated, 1, "{run:?}");
 
-    let dir = std::env::temp_dir().join(format!("assetsync-revert-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let stack = dir.join("stack.json");
-    let mut info = h.stack.info.clone();
-    info["endpoint"] = serde_json::json!(h.stack.endpoint);
-    std::fs::write(&stack, serde_json::to_string_pretty(&info)?)?;
+    let stack = write_stack_file(&h, &temp_dir("revert"));
 
     let (ok, text) =
         tokio::task::block_in_place(|| cli(&stack, &["runs", "revert", &run.run_id, "--plan"]));
@@ -318,13 +281,8 @@ async fn the_cli_plans_and_reverts_a_run() -> anyhow::Result<()> {
     // While a sync of the connection is in progress, a revert starts nothing (exit 3, as sync).
     h.invoke_fetcher(ev.clone()).await?;
     let code = tokio::task::block_in_place(|| {
-        std::process::Command::new(assetsync_bin())
-            .arg("--stack-file")
-            .arg(&stack)
+        assetsync_tests::cli::command(&stack)
             .args(["runs", "revert", &run.run_id])
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("TABLE_NAME")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
             .status()
             .map(|s| s.code())
     })?;
