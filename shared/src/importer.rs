@@ -20,7 +20,7 @@ use crate::pages::{fingerprint_under, Pack, PackEntry};
 use crate::register::{
     attr, decide, dedupe_page, Change, Decision, Provenance, StoredRecord, WriteMark, Writer,
 };
-use crate::runs::{member_item, now, PageMarker, RunItem, Runs};
+use crate::runs::{member_item, now, PageDiff, PageMarker, RunItem, Runs};
 use crate::settings::Settings;
 use crate::store::{
     is_record_error, now_ms, record_pk, to_item, CreateIntent, EmailEntry, Item, PersonRef, Store,
@@ -30,6 +30,9 @@ use crate::summary::{Counts, RecordError};
 /// Longest record key the register accepts (DynamoDB allows 2048 bytes of partition key; the
 /// key also appears in sort keys and index items, which allow 1024).
 pub const MAX_KEY_BYTES: usize = 512;
+
+/// Bytes of dropped keys a page marker lists (markers stay far from DynamoDB's 400 KB).
+const MAX_DROPPED_BYTES: usize = 100_000;
 
 /// Time an invocation keeps in hand before its deadline to hand back unprocessed messages.
 pub const DEADLINE_RESERVE: Duration = Duration::from_secs(10);
@@ -46,6 +49,14 @@ pub struct Importer {
     pub settings: Settings,
     pub store: Store,
     pub runs: Runs,
+}
+
+/// What became of one message of a batch.
+enum Handled {
+    /// Imported (or found imported): delete it; with the run it counts into, if any.
+    Done(Option<String>),
+    /// Hand it back to the queue.
+    Retry,
 }
 
 /// What writing one record came to.
@@ -119,37 +130,71 @@ impl Importer {
         let reserve = deadline
             .map(|d| DEADLINE_RESERVE.min(d.saturating_duration_since(began) / 4))
             .unwrap_or(DEADLINE_RESERVE);
-        let results: Vec<(String, bool)> = futures::stream::iter(event.records)
+        let results: Vec<(String, Handled)> = futures::stream::iter(event.records)
             .map(|m| async move {
                 let id = m.message_id.clone().unwrap_or_default();
-                let ok = match deadline {
-                    None => self.handle_message(&m).await,
+                let handled = match deadline {
+                    None => self.handle_page(&m).await,
                     Some(d) => {
                         let left = d.saturating_duration_since(Instant::now());
                         if left <= reserve {
                             tracing::warn!(message_id = %id, "deadline near: handing the page back to the queue");
-                            false
+                            Handled::Retry
                         } else {
                             // A page cut short is a crash the page's design survives.
-                            match tokio::time::timeout(left - reserve, self.handle_message(&m)).await {
-                                Ok(ok) => ok,
+                            match tokio::time::timeout(left - reserve, self.handle_page(&m)).await {
+                                Ok(h) => h,
                                 Err(_) => {
                                     tracing::warn!(message_id = %id, "deadline near: page interrupted, handed back to the queue");
-                                    false
+                                    Handled::Retry
                                 }
                             }
                         }
                     }
                 };
-                (id, ok)
+                (id, handled)
             })
             .buffer_unordered(self.settings.importer_concurrency.max(1))
             .collect()
             .await;
+        // Each run of the batch gets one chance to end, after all its pages: the check reads
+        // every marker of the run, so once a batch rather than once a page. A check that fails
+        // hands its run's pages back (they are done; their redelivery only checks again).
+        let runs: BTreeSet<String> = results
+            .iter()
+            .filter_map(|(_, h)| match h {
+                Handled::Done(Some(run)) => Some(run.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut unfinished = BTreeSet::new();
+        for run in runs {
+            let check = self.finish(&run);
+            let out = match deadline {
+                None => Ok(check.await),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(left.saturating_sub(reserve / 2), check).await
+                }
+            };
+            match out {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(run_id = %run, error = %chain(&e), "could not check whether the run is over; its pages are handed back");
+                    unfinished.insert(run);
+                }
+                // The pages are in: the run's finish check ends it (its claim goes stale).
+                Err(_) => {
+                    tracing::warn!(run_id = %run, "deadline near: the run's end is left to its finish check")
+                }
+            }
+        }
         let mut resp = SqsBatchResponse::default();
-        for (id, ok) in results {
-            if !ok {
-                resp.add_failure(id);
+        for (id, handled) in results {
+            match handled {
+                Handled::Done(Some(run)) if unfinished.contains(&run) => resp.add_failure(id),
+                Handled::Done(_) => {}
+                Handled::Retry => resp.add_failure(id),
             }
         }
         crate::telemetry::emit_batch(&crate::telemetry::BatchMetrics {
@@ -161,8 +206,18 @@ impl Importer {
         resp
     }
 
-    /// Handle one message; returns whether it may be deleted.
+    /// Handle one message alone (its run gets its chance to end); returns whether it may be
+    /// deleted.
     pub async fn handle_message(&self, m: &SqsMessage) -> bool {
+        match self.handle_page(m).await {
+            Handled::Done(Some(run)) => self.finish(&run).await.is_ok(),
+            Handled::Done(None) => true,
+            Handled::Retry => false,
+        }
+    }
+
+    /// Import one message's page, without trying to end its run (the batch does that).
+    async fn handle_page(&self, m: &SqsMessage) -> Handled {
         let receives: u32 = m
             .attributes
             .get("ApproximateReceiveCount")
@@ -174,13 +229,13 @@ impl Importer {
             Err(e) => {
                 // Not ours to interpret: it goes to the DLQ after its receives, where it stays visible.
                 tracing::error!(message_id = ?m.message_id, error = %e, "records message is not a page; leaving it for the dead-letter queue");
-                return false;
+                return Handled::Retry;
             }
         };
         let span =
             tracing::info_span!("page", run_id = %msg.run_id, page = %msg.page_id(), receives);
         match self.import_page(&msg).instrument(span).await {
-            Ok(()) => true,
+            Ok(counted) => Handled::Done(counted.then(|| msg.run_id.clone())),
             Err(e) => {
                 let reason = chain(&e);
                 tracing::error!(error = %reason, "page import failed");
@@ -190,7 +245,7 @@ impl Importer {
                         tracing::error!(error = %chain(&e2), "could not record the dead page");
                     }
                 }
-                false
+                Handled::Retry
             }
         }
     }
@@ -224,7 +279,8 @@ impl Importer {
 
     /// Import one page (idempotent: a redelivered page changes nothing and counts nothing twice).
     /// A page of an unknown run (hand-made, stray) is imported the same way, counted nowhere.
-    pub async fn import_page(&self, msg: &PageMessage) -> Result<(), SyncError> {
+    /// Returns whether the page counts into a run (which then should get its chance to end).
+    pub async fn import_page(&self, msg: &PageMessage) -> Result<bool, SyncError> {
         let page_id = msg.page_id();
         let run = self.runs.get(&msg.run_id).await?;
         let counted = run.is_some();
@@ -245,8 +301,7 @@ impl Importer {
                 }
             };
             if plan.status != "planned" {
-                self.finish(&msg.run_id).await?;
-                return Ok(());
+                return Ok(true);
             }
             // The first try's time: history rows of a redelivery land on the same keys.
             plan.at
@@ -254,12 +309,12 @@ impl Importer {
             now()
         };
         crate::failpoint::hit("importer.after_plan")?;
-        let (counts, errors) = self
+        let (counts, errors, diff) = self
             .write_page(msg, &page_id, &ts, &volatile, counted)
             .await?;
         crate::failpoint::hit("importer.after_writes")?;
         if !counted {
-            return Ok(());
+            return Ok(false);
         }
         let done = PageMarker {
             status: "done".into(),
@@ -267,6 +322,7 @@ impl Importer {
             errors,
             seen: vec![],
             at: ts,
+            diff,
         };
         let recorded = self
             .runs
@@ -280,32 +336,12 @@ impl Importer {
             unchanged = counts.unchanged,
             "page imported"
         );
-        self.finish(&msg.run_id).await?;
-        Ok(())
+        Ok(true)
     }
 
-    /// Give the run a chance to end; once it ended after a clean, complete fetch, drop the packs
-    /// of pages it no longer has (so a key they list cannot pass for unchanged after a sweep).
+    /// Give the run a chance to end (its finisher also drops the packs it no longer has).
     async fn finish(&self, run_id: &str) -> Result<(), AwsError> {
-        let Some(run) = self.runs.try_finish(run_id).await? else {
-            return Ok(());
-        };
-        if run.status == "running" || !run.fetch_complete || run.pages_dead > 0 {
-            return Ok(());
-        }
-        for (sk, p) in self.store.packs(&run.connection, &run.object_type).await? {
-            if p.run.as_str() < run_id {
-                self.store
-                    .delete(
-                        &crate::pages::pack_pk(&run.connection, &run.object_type),
-                        &sk,
-                        Some(("run = :r", vec![(":r", crate::store::s(&p.run))])),
-                    )
-                    .await
-                    .ok();
-            }
-        }
-        Ok(())
+        self.runs.try_finish(run_id).await.map(|_| ())
     }
 
     /// Read, decide and write one page's records; returns the page's counts and record errors.
@@ -316,7 +352,7 @@ impl Importer {
         ts: &str,
         volatile: &BTreeSet<String>,
         counted: bool,
-    ) -> Result<(Counts, Vec<RecordError>), SyncError> {
+    ) -> Result<(Counts, Vec<RecordError>, Option<PageDiff>), SyncError> {
         let ot = msg.object_type;
         let mut counts = Counts {
             skipped: msg.skipped.len() as u64,
@@ -336,7 +372,11 @@ impl Importer {
             None
         };
         // A pack of this very run means this is a redelivery: read every record, so the outcomes
-        // its first try wrote are counted as such.
+        // its first try wrote are counted as such. (What the replaced pack listed is then lost:
+        // the page cannot say what it dropped, and the run's sweep reads the whole membership.)
+        let diff_known = prev
+            .as_ref()
+            .is_none_or(|p| p.run.as_str() < msg.run_id.as_str());
         let prev = prev.filter(|p| p.run.as_str() < msg.run_id.as_str());
         let mut pack = Pack {
             run: msg.run_id.clone(),
@@ -385,6 +425,22 @@ impl Importer {
                 pack.entries.entry(k.clone()).or_default();
             }
         }
+        let diff = diff_known
+            .then(|| PageDiff {
+                replaced: prev.as_ref().map(|p| p.run.clone()),
+                dropped: prev
+                    .as_ref()
+                    .map(|p| {
+                        p.entries
+                            .keys()
+                            .filter(|k| !pack.entries.contains_key(*k))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            // A marker must stay small: past this, the sweep reads the whole membership.
+            .filter(|d| d.dropped.iter().map(String::len).sum::<usize>() <= MAX_DROPPED_BYTES);
 
         if !slow.is_empty() {
             let precedence = self.settings.precedence.clone();
@@ -629,7 +685,7 @@ impl Importer {
                 .put_pack(&msg.connection, ot.as_str(), page_id, &pack)
                 .await?;
         }
-        Ok((counts, errors))
+        Ok((counts, errors, diff))
     }
 
     /// Announce the keys this page is about to create, and say how it may create them: `true`

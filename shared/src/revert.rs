@@ -681,6 +681,14 @@ async fn members(
     changes: &[Change],
 ) -> Result<(), AwsError> {
     for ch in changes {
+        if let Some(c) = ch
+            .attr
+            .strip_prefix("missing from ")
+            .or_else(|| ch.attr.strip_prefix("reported by "))
+        {
+            // The membership changes outside the connection's pages.
+            crate::runs::forget_grace(store, c, ot).await?;
+        }
         if let Some(c) = ch.attr.strip_prefix("missing from ") {
             let pk = format!("M#{c}");
             let sk = format!("{ot}#{key}");

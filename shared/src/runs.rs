@@ -1,7 +1,7 @@
 //! Runs as an audit log: the run item, its page markers, the lease that keeps one run per
 //! connection, and the end of a run (missing-device sweep, final status).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem, Update};
 use chrono::{SecondsFormat, Utc};
@@ -156,6 +156,12 @@ pub struct PageTotals {
     pub pages_dead: u64,
     pub counts: Counts,
     pub errors: Vec<RecordError>,
+    /// Keys the done pages dropped from the packs they replaced.
+    pub dropped: BTreeSet<String>,
+    /// Runs whose packs the done pages replaced.
+    pub replaced: BTreeSet<String>,
+    /// Done pages that could not say what they dropped.
+    pub undiffed: u64,
 }
 
 impl PageTotals {
@@ -169,6 +175,15 @@ impl PageTotals {
                 _ => continue,
             }
             t.counts.add(&m.counts);
+            if m.status == "done" {
+                match &m.diff {
+                    Some(d) => {
+                        t.dropped.extend(d.dropped.iter().cloned());
+                        t.replaced.extend(d.replaced.iter().cloned());
+                    }
+                    None => t.undiffed += 1,
+                }
+            }
         }
         t.errors = collect_errors(markers);
         t
@@ -188,7 +203,44 @@ pub struct PageMarker {
     pub seen: Vec<String>,
     #[serde(default)]
     pub at: String,
+    /// How the page's keys differ from the pack it replaced, for the incremental sweep; `None`
+    /// when the page could not tell (a redelivery that found its own pack, an older importer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<PageDiff>,
 }
+
+/// What a page no longer lists of the pack it replaced.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PageDiff {
+    /// The run that wrote the replaced pack (`None`: there was none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
+    /// Keys that pack listed and this page does not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<String>,
+}
+
+/// The keys a connection's last sweep left absent (counting towards missing, or marked by that
+/// run), so the next sweep reads only those and what its pages dropped
+/// (`G#<connection>` / `<Type>#grace`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Grace {
+    /// The run whose sweep wrote it.
+    pub run: String,
+    /// `None`: too many to keep, the next sweep reads the whole membership.
+    #[serde(default)]
+    pub keys: Option<Vec<String>>,
+    /// When a sweep last read the whole membership (a daily full sweep catches members no
+    /// page pack lists, such as those of pages imported without a run).
+    #[serde(default)]
+    pub full_at: Option<String>,
+}
+
+/// Bytes of keys a grace item keeps (DynamoDB items stop at 400 KB).
+const GRACE_BYTES: usize = 200_000;
+
+/// How long the incremental sweep runs before a full one.
+const FULL_SWEEP_EVERY_HOURS: i64 = 24;
 
 /// The connection's lease item (`L#<connection>` / `#`): which run is the connection's current
 /// one. It has no expiry of its own: whether that run is alive is read from the run item's
@@ -737,7 +789,19 @@ impl Runs {
             .table_name(&self.store.table)
             .key("pk", s(format!("P#{run_id}")))
             .key("sk", s(page_id))
-            .update_expression("SET #st = :to, errors = :errs, #cnt = :cnt")
+            .update_expression(if marker.diff.is_some() {
+                "SET #st = :to, errors = :errs, #cnt = :cnt, diff = :diff"
+            } else {
+                "SET #st = :to, errors = :errs, #cnt = :cnt"
+            })
+            .set_expression_attribute_values(match &marker.diff {
+                Some(d) => Some(HashMap::from([(
+                    ":diff".to_string(),
+                    serde_dynamo::to_attribute_value(d)
+                        .map_err(|e| AwsError::Item(e.to_string()))?,
+                )])),
+                None => None,
+            })
             .condition_expression("#st = :planned")
             .expression_attribute_names("#st", "status")
             .expression_attribute_names("#cnt", "counts")
@@ -896,7 +960,39 @@ impl Runs {
         };
         let mut counts = totals.counts;
         counts.missing = missing;
-        self.end(&run, status, &totals, counts, message).await
+        let ended = self.end(&run, status, &totals, counts, message).await?;
+        if totals.pages_dead == 0 && ended.as_ref().is_some_and(|r| r.status == status) {
+            self.drop_stale_packs(&run, sweep.stale_packs).await?;
+        }
+        Ok(ended)
+    }
+
+    /// After a clean, complete run: drop the packs of pages it no longer has, so a key they list
+    /// cannot pass for unchanged on a later run (each only if no run rewrote it meanwhile).
+    async fn drop_stale_packs(
+        &self,
+        run: &RunItem,
+        known: Option<Vec<(String, String)>>,
+    ) -> Result<(), AwsError> {
+        let stale = match known {
+            Some(k) => k,
+            None => self
+                .store
+                .packs(&run.connection, &run.object_type)
+                .await?
+                .into_iter()
+                .filter(|(_, p)| p.run.as_str() < run.run_id.as_str())
+                .map(|(sk, p)| (sk, p.run))
+                .collect(),
+        };
+        let pk = crate::pages::pack_pk(&run.connection, &run.object_type);
+        for (sk, by) in stale {
+            self.store
+                .delete(&pk, &sk, Some(("run = :r", vec![(":r", s(&by))])))
+                .await
+                .ok();
+        }
+        Ok(())
     }
 
     /// Write a run's end (conditional on it still running) and free its connection.
@@ -1019,15 +1115,8 @@ impl Runs {
     /// run item of the connection started after it (a newer run that has ended has released the
     /// lease, so the lease alone would miss it).
     pub async fn newer_run(&self, run: &RunItem) -> Result<Option<String>, AwsError> {
-        if let Some(item) = self
-            .store
-            .get(&format!("L#{}", run.connection), "#")
-            .await?
-        {
-            let lease: Lease = from_item(item)?;
-            if lease.run_id != run.run_id && lease.started_at >= run.started_at {
-                return Ok(Some(lease.run_id));
-            }
+        if let Some(holder) = self.lease_holder(run).await? {
+            return Ok(Some(holder));
         }
         // Run ids sort by start, so the runs started since are the ones after it.
         let mut start: Option<std::collections::HashMap<String, AttributeValue>> = None;
@@ -1075,6 +1164,7 @@ impl Runs {
             marked: 0,
             message: Some(m),
             held: false,
+            stale_packs: None,
         };
         if totals.pages_dead > 0 {
             return Ok(skipped(format!(
@@ -1090,30 +1180,76 @@ impl Runs {
                 )));
             }
         }
-        if let Some(newer) = self.newer_run(run).await? {
-            // The membership now reflects a newer run: sweeping with it would mark what that run
-            // created as missing from this one.
-            return Ok(skipped(format!(
-                "a newer run ({newer}) of this connection has started: no record was marked missing"
-            )));
-        }
         let (cfg, allow_drop) = guard_config_of(run);
         let state = self
             .guard_state(&run.connection, &run.object_type)
             .await?
             .unwrap_or_default();
         let before = state.before(&run.run_id);
+        let packs = self.store.packs(&run.connection, &run.object_type).await?;
+        let grace = self.grace(&run.connection, &run.object_type).await?;
+        let candidates = incremental_candidates(run, totals, &packs, grace.as_ref(), &before);
+        // The membership may reflect a newer run: sweeping with it would mark what that run
+        // created as missing from this one. An incremental sweep reads only keys of this run's
+        // packs and of the previous complete run's, which no newer run has rewritten (else a
+        // pack would name it), so the lease (a newer run in progress) is all it must look at.
+        let newer = if candidates.is_some() {
+            self.lease_holder(run).await?
+        } else {
+            self.newer_run(run).await?
+        };
+        if let Some(newer) = newer {
+            return Ok(skipped(format!(
+                "a newer run ({newer}) of this connection has started: no record was marked missing"
+            )));
+        }
         let breaker = guard::breaker(&cfg, before.baseline, run.records_fetched, allow_drop);
-        let seen = self.seen_keys(&run.run_id).await?;
+        let seen: HashSet<String> = packs
+            .iter()
+            .filter(|(_, p)| p.run == run.run_id)
+            .flat_map(|(_, p)| p.entries.keys().cloned())
+            .collect();
         let prefix = format!("{}#", run.object_type);
-        let members = self
-            .store
-            .query(&format!("M#{}", run.connection), Some(&prefix), false, None)
-            .await?;
+        let members: Vec<Member> = match &candidates {
+            Some(keys) => {
+                // Unseen candidates, and seen ones still counting an absence (to reset it).
+                let grace_keys: HashSet<&String> = grace
+                    .as_ref()
+                    .and_then(|g| g.keys.as_ref())
+                    .map(|k| k.iter().collect())
+                    .unwrap_or_default();
+                let want: Vec<(String, String)> = keys
+                    .iter()
+                    .filter(|k| !seen.contains(*k) || grace_keys.contains(k))
+                    .map(|k| (format!("M#{}", run.connection), format!("{prefix}{k}")))
+                    .collect();
+                let mut found: Vec<Member> = self
+                    .store
+                    .batch_get(&want)
+                    .await?
+                    .into_values()
+                    .map(from_item)
+                    .collect::<Result<_, _>>()?;
+                found.sort_by(|a, b| a.key.cmp(&b.key));
+                found
+            }
+            None => self
+                .store
+                .query(&format!("M#{}", run.connection), Some(&prefix), false, None)
+                .await?
+                .into_iter()
+                .map(from_item)
+                .collect::<Result<_, _>>()?,
+        };
+        tracing::info!(
+            incremental = candidates.is_some(),
+            members_read = members.len(),
+            "missing sweep"
+        );
         let today = Utc::now().format("%Y-%m-%d").to_string();
         let mut marked = 0u64;
-        for item in members {
-            let m: Member = from_item(item)?;
+        let mut absent_keys = Vec::new();
+        for m in members {
             if seen.contains(&m.key) {
                 if m.ab > 0 && m.missing.is_none() {
                     // Seen again within its grace: its count starts over (one write, once).
@@ -1122,13 +1258,15 @@ impl Runs {
                 continue;
             }
             if m.missing.is_some() {
-                if m.mr.as_deref() == Some(run.run_id.as_str())
-                    && self.missing_everywhere(&run.object_type, &m.key).await?
-                {
-                    marked += 1;
+                if m.mr.as_deref() == Some(run.run_id.as_str()) {
+                    absent_keys.push(m.key.clone());
+                    if self.missing_everywhere(&run.object_type, &m.key).await? {
+                        marked += 1;
+                    }
                 }
                 continue;
             }
+            absent_keys.push(m.key.clone());
             let absence = Absence {
                 count: m.ab,
                 run: m.ar.clone(),
@@ -1149,13 +1287,84 @@ impl Runs {
                 marked += 1;
             }
         }
+        let full_at = match (&candidates, &grace) {
+            (Some(_), Some(g)) => g.full_at.clone(),
+            _ => Some(now()),
+        };
+        self.put_grace(run, absent_keys, full_at).await?;
         self.put_guard_state(run, &state, &before, breaker.sets_baseline())
             .await?;
         Ok(Sweep {
             marked,
             message: breaker.message(),
             held: !breaker.may_mark(),
+            stale_packs: Some(
+                packs
+                    .into_iter()
+                    .filter(|(_, p)| p.run.as_str() < run.run_id.as_str())
+                    .map(|(sk, p)| (sk, p.run))
+                    .collect(),
+            ),
         })
+    }
+
+    /// The keys a connection's last sweep left absent (see [`Grace`]).
+    pub async fn grace(
+        &self,
+        connection: &str,
+        object_type: &str,
+    ) -> Result<Option<Grace>, AwsError> {
+        self.store
+            .get(&format!("G#{connection}"), &format!("{object_type}#grace"))
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
+    /// Keep the keys this sweep left absent, or say there were too many to keep.
+    async fn put_grace(
+        &self,
+        run: &RunItem,
+        mut keys: Vec<String>,
+        full_at: Option<String>,
+    ) -> Result<(), AwsError> {
+        keys.sort();
+        keys.dedup();
+        let bytes: usize = keys.iter().map(|k| k.len() + 3).sum();
+        let grace = Grace {
+            run: run.run_id.clone(),
+            keys: (bytes <= GRACE_BYTES).then_some(keys),
+            full_at,
+        };
+        self.store
+            .ddb
+            .put_item()
+            .table_name(&self.store.table)
+            .set_item(Some(to_item(
+                &format!("G#{}", run.connection),
+                &format!("{}#grace", run.object_type),
+                &grace,
+            )?))
+            .send()
+            .await
+            .map_err(|e| dyn_err("PutItem", e))?;
+        Ok(())
+    }
+
+    /// The run other than `run` that holds the connection's lease and started after it.
+    async fn lease_holder(&self, run: &RunItem) -> Result<Option<String>, AwsError> {
+        let Some(item) = self
+            .store
+            .get(&format!("L#{}", run.connection), "#")
+            .await?
+        else {
+            return Ok(None);
+        };
+        let lease: Lease = from_item(item)?;
+        Ok(
+            (lease.run_id != run.run_id && lease.started_at >= run.started_at)
+                .then_some(lease.run_id),
+        )
     }
 
     /// A connection's guard state (`G#<connection>` / `<Type>`).
@@ -1401,6 +1610,8 @@ struct Sweep {
     message: Option<String>,
     /// The circuit breaker held the run: it ends `succeeded_with_errors`.
     held: bool,
+    /// Packs of earlier runs (sort key, run) found by the sweep; `None`: it read none.
+    stale_packs: Option<Vec<(String, String)>>,
 }
 
 /// A connection's guard state (`G#<connection>` / `<Type>`), written once per complete run: its
@@ -1468,6 +1679,63 @@ pub fn guard_config_of(run: &RunItem) -> (GuardConfig, bool) {
     (cfg, event.allow_drop)
 }
 
+/// The keys an incremental sweep must look at, or `None` when only the whole membership will
+/// do. Incremental needs this run's pages to have replaced only packs of the previous complete
+/// run (each saying what it dropped), every other pack to be that run's, and that run's sweep
+/// to have kept its absent keys; and a full sweep within a day. The candidates are then what the
+/// pages dropped, the keys of packs no page of this run replaced, and the keys absent before.
+pub fn incremental_candidates(
+    run: &RunItem,
+    totals: &PageTotals,
+    packs: &[(String, crate::pages::Pack)],
+    grace: Option<&Grace>,
+    before: &GuardBefore,
+) -> Option<BTreeSet<String>> {
+    let prev = before.run.as_deref()?;
+    let grace = grace?;
+    let grace_keys = grace.keys.as_ref()?;
+    if grace.run != prev && grace.run != run.run_id {
+        return None;
+    }
+    let fresh = grace
+        .full_at
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| {
+            Utc::now().signed_duration_since(t) < chrono::Duration::hours(FULL_SWEEP_EVERY_HOURS)
+        });
+    if !fresh || totals.undiffed > 0 || totals.replaced.iter().any(|r| r != prev) {
+        return None;
+    }
+    let mut keys: BTreeSet<String> = totals.dropped.clone();
+    for (_, p) in packs {
+        if p.run == prev {
+            keys.extend(p.entries.keys().cloned());
+        } else if p.run != run.run_id {
+            return None;
+        }
+    }
+    keys.extend(grace_keys.iter().cloned());
+    Some(keys)
+}
+
+/// Make a connection's next sweep read its whole membership (after something changed the
+/// membership outside a run's pages, such as a revert).
+pub async fn forget_grace(
+    store: &Store,
+    connection: &str,
+    object_type: &str,
+) -> Result<(), AwsError> {
+    store
+        .delete(
+            &format!("G#{connection}"),
+            &format!("{object_type}#grace"),
+            None,
+        )
+        .await
+        .map(|_| ())
+}
+
 /// The membership item for a record.
 pub fn member_item(connection: &str, object_type: &str, key: &str) -> Result<Item, AwsError> {
     to_item(
@@ -1532,6 +1800,154 @@ mod tests {
             b.extend(o.clone());
         }
         serde_json::from_value(base).expect("run")
+    }
+
+    fn pack(run: &str, keys: &[&str]) -> crate::pages::Pack {
+        crate::pages::Pack {
+            run: run.into(),
+            attrs: vec![],
+            entries: keys
+                .iter()
+                .map(|k| (k.to_string(), Default::default()))
+                .collect(),
+        }
+    }
+
+    fn keys(k: &[&str]) -> BTreeSet<String> {
+        k.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_incremental_sweep_looks_at_dropped_unreplaced_and_absent_keys_only() {
+        let r = run(serde_json::json!({"run_id": "r2"}));
+        let before = GuardBefore {
+            run: Some("r1".into()),
+            ..Default::default()
+        };
+        let grace = Grace {
+            run: "r1".into(),
+            keys: Some(vec!["g".into()]),
+            full_at: Some(now()),
+        };
+        let totals = PageTotals {
+            dropped: keys(&["d"]),
+            replaced: keys(&["r1"]),
+            ..Default::default()
+        };
+        // Page 0 is this run's; page 1 (the previous run's) was not fetched again.
+        let packs = vec![
+            ("0".to_string(), pack("r2", &["a", "b"])),
+            ("1".to_string(), pack("r1", &["c"])),
+        ];
+        let c = incremental_candidates(&r, &totals, &packs, Some(&grace), &before);
+        assert_eq!(c, Some(keys(&["c", "d", "g"])));
+        // A repeated sweep of r2 reads the grace its first sweep wrote.
+        let again = Grace {
+            run: "r2".into(),
+            ..grace.clone()
+        };
+        assert!(incremental_candidates(&r, &totals, &packs, Some(&again), &before).is_some());
+    }
+
+    #[test]
+    fn anything_doubtful_makes_the_sweep_read_the_whole_membership() {
+        let r = run(serde_json::json!({"run_id": "r3"}));
+        let before = GuardBefore {
+            run: Some("r2".into()),
+            ..Default::default()
+        };
+        let grace = Grace {
+            run: "r2".into(),
+            keys: Some(vec![]),
+            full_at: Some(now()),
+        };
+        let totals = PageTotals {
+            replaced: keys(&["r2"]),
+            ..Default::default()
+        };
+        let packs = vec![("0".to_string(), pack("r3", &["a"]))];
+        let ok =
+            |t: &PageTotals,
+             p: &[(String, crate::pages::Pack)],
+             g: Option<&Grace>,
+             b: &GuardBefore| { incremental_candidates(&r, t, p, g, b).is_some() };
+        assert!(ok(&totals, &packs, Some(&grace), &before));
+        // No previous complete run, no grace, or too many absent keys to keep.
+        assert!(!ok(&totals, &packs, Some(&grace), &GuardBefore::default()));
+        assert!(!ok(&totals, &packs, None, &before));
+        let overflow = Grace {
+            keys: None,
+            ..grace.clone()
+        };
+        assert!(!ok(&totals, &packs, Some(&overflow), &before));
+        // A grace from another run (a sweep in between that failed to write it).
+        let foreign = Grace {
+            run: "r1".into(),
+            ..grace.clone()
+        };
+        assert!(!ok(&totals, &packs, Some(&foreign), &before));
+        // No full sweep for a day.
+        let stale = Grace {
+            full_at: Some((Utc::now() - chrono::Duration::hours(25)).to_rfc3339()),
+            ..grace.clone()
+        };
+        assert!(!ok(&totals, &packs, Some(&stale), &before));
+        // A page that could not say what it dropped (a redelivery), or one that replaced the pack
+        // of a run that never swept (a failed run in between).
+        let undiffed = PageTotals {
+            undiffed: 1,
+            ..totals.clone()
+        };
+        assert!(!ok(&undiffed, &packs, Some(&grace), &before));
+        let failed_between = PageTotals {
+            replaced: keys(&["r2", "r2b"]),
+            ..totals.clone()
+        };
+        assert!(!ok(&failed_between, &packs, Some(&grace), &before));
+        // A pack left by an older or a newer run.
+        let mut odd = packs.clone();
+        odd.push(("1".to_string(), pack("r1", &["x"])));
+        assert!(!ok(&totals, &odd, Some(&grace), &before));
+        let mut newer = packs.clone();
+        newer.push(("1".to_string(), pack("r4", &["x"])));
+        assert!(!ok(&totals, &newer, Some(&grace), &before));
+    }
+
+    #[test]
+    fn page_totals_gather_what_done_pages_dropped() {
+        let m = |status: &str, diff: Option<PageDiff>| PageMarker {
+            status: status.into(),
+            diff,
+            ..Default::default()
+        };
+        let t = PageTotals::of(&[
+            (
+                "0".into(),
+                m(
+                    "done",
+                    Some(PageDiff {
+                        replaced: Some("r1".into()),
+                        dropped: vec!["a".into()],
+                    }),
+                ),
+            ),
+            (
+                "1".into(),
+                m(
+                    "done",
+                    Some(PageDiff {
+                        replaced: None,
+                        dropped: vec![],
+                    }),
+                ),
+            ),
+            ("2".into(), m("done", None)),
+            ("3".into(), m("planned", None)),
+        ]);
+        assert_eq!(t.dropped, keys(&["a"]));
+        assert_eq!(t.replaced, keys(&["r1"]));
+        assert_eq!(t.undiffed, 1);
+        assert_eq!(t.pages_done, 3);
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct Counts {
     /// Read and write requests.
     pub reads: u64,
     pub writes: u64,
+    /// Query requests by the kind of partition they read (the `:pk` value's prefix before `#`).
+    pub queries_by_kind: HashMap<String, u64>,
 }
 
 impl Counts {
@@ -189,8 +191,17 @@ impl Intercept for DynamoCounter {
                 }
             }
         }
+        let queried = input
+            .downcast_ref::<aws_sdk_dynamodb::operation::query::QueryInput>()
+            .and_then(|q| q.expression_attribute_values())
+            .and_then(|v| v.get(":pk"))
+            .and_then(|v| v.as_s().ok())
+            .map(|pk| pk.split('#').next().unwrap_or_default().to_string());
         if let Ok(mut c) = self.0.lock() {
             *c.by_op.entry(op.clone()).or_default() += 1;
+            if let Some(k) = queried {
+                *c.queries_by_kind.entry(k).or_default() += 1;
+            }
             if pks.iter().any(|p| p.starts_with("R#")) {
                 c.record_writes += 1;
             }
