@@ -395,8 +395,8 @@ async fn write_path(n: usize) -> anyhow::Result<()> {
         "hourly sync of 10,000 devices whose check-ins all moved: ${hourly:.3} a month of DynamoDB on demand (list prices)"
     );
     eprintln!(
-        "first {:?}\nunchanged {:?}\nchanged {:?}\ncheck-ins {:?}\nwrites by kind (first) {:?}\nby op (first) {:?}",
-        first.counts, s2.counts, s3.counts, s4.counts, c_first.writes_by_kind, c_first.by_op
+        "first {:?}\nunchanged {:?}\nchanged {:?}\ncheck-ins {:?}\nwrites by kind (first) {:?}\nby op (first) {:?}\nqueries by partition kind (first) {:?}, (unchanged) {:?}",
+        first.counts, s2.counts, s3.counts, s4.counts, c_first.writes_by_kind, c_first.by_op, c_first.queries_by_kind, c_unchanged.queries_by_kind
     );
     Ok(())
 }
