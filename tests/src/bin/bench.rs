@@ -312,13 +312,23 @@ async fn write_path(n: usize) -> anyhow::Result<()> {
         }
     }
     let t_fetch = t.elapsed().as_secs_f64();
-    let sample = h.all_records("Hardware").await?;
+    // A sample of 200 records by key (a scan of the whole register takes minutes at 50,000).
+    let mut sample = Vec::new();
+    for i in 0..sim.computer_count() {
+        if sample.len() == 200 {
+            break;
+        }
+        if let Some(serial) = sim.serial(i) {
+            if let Some(r) = h.record("Hardware", &serial).await? {
+                sample.push(r);
+            }
+        }
+    }
     let avg = sample
         .iter()
-        .take(200)
         .map(|r| serde_json::to_string(r).map(|s| s.len()).unwrap_or(0))
         .sum::<usize>()
-        / sample.len().clamp(1, 200);
+        / sample.len().max(1);
     let pad = "x".repeat(avg);
     let items: Vec<_> = (0..fetched)
         .map(|i| {
