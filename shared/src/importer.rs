@@ -169,7 +169,8 @@ impl Importer {
             .collect();
         let mut unfinished = BTreeSet::new();
         for run in runs {
-            let check = self.finish(&run);
+            // The finisher also drops the packs of pages the run no longer has.
+            let check = self.runs.try_finish(&run);
             let out = match deadline {
                 None => Ok(check.await),
                 Some(d) => {
@@ -178,7 +179,7 @@ impl Importer {
                 }
             };
             match out {
-                Ok(Ok(())) => {}
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(run_id = %run, error = %chain(&e), "could not check whether the run is over; its pages are handed back");
                     unfinished.insert(run);
@@ -204,16 +205,6 @@ impl Importer {
             ..Default::default()
         });
         resp
-    }
-
-    /// Handle one message alone (its run gets its chance to end); returns whether it may be
-    /// deleted.
-    pub async fn handle_message(&self, m: &SqsMessage) -> bool {
-        match self.handle_page(m).await {
-            Handled::Done(Some(run)) => self.finish(&run).await.is_ok(),
-            Handled::Done(None) => true,
-            Handled::Retry => false,
-        }
     }
 
     /// Import one message's page, without trying to end its run (the batch does that).
@@ -337,11 +328,6 @@ impl Importer {
             "page imported"
         );
         Ok(true)
-    }
-
-    /// Give the run a chance to end (its finisher also drops the packs it no longer has).
-    async fn finish(&self, run_id: &str) -> Result<(), AwsError> {
-        self.runs.try_finish(run_id).await.map(|_| ())
     }
 
     /// Read, decide and write one page's records; returns the page's counts and record errors.

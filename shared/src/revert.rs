@@ -668,6 +668,8 @@ async fn apply(runs: &Runs, run: &RunItem, me: &RunItem) -> Result<RevertReport,
     store.batch_put(history).await?;
     for ((conn, ot), keys) in stale {
         invalidate(store, &conn, &ot, &keys).await?;
+        // The membership changed outside the connection's pages: its next sweep reads it all.
+        crate::runs::forget_grace(store, &conn, &ot).await?;
     }
     Ok(report)
 }
@@ -681,14 +683,6 @@ async fn members(
     changes: &[Change],
 ) -> Result<(), AwsError> {
     for ch in changes {
-        if let Some(c) = ch
-            .attr
-            .strip_prefix("missing from ")
-            .or_else(|| ch.attr.strip_prefix("reported by "))
-        {
-            // The membership changes outside the connection's pages.
-            crate::runs::forget_grace(store, c, ot).await?;
-        }
         if let Some(c) = ch.attr.strip_prefix("missing from ") {
             let pk = format!("M#{c}");
             let sk = format!("{ot}#{key}");

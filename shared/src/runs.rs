@@ -336,20 +336,6 @@ impl Runs {
         Ok(PageTotals::of(&self.markers(run_id).await?))
     }
 
-    /// The keys the run's pages reported (their page packs), for the missing sweep.
-    pub async fn seen_keys(&self, run_id: &str) -> Result<HashSet<String>, AwsError> {
-        let Some(run) = self.get(run_id).await? else {
-            return Ok(HashSet::new());
-        };
-        let mut seen = HashSet::new();
-        for (_, p) in self.store.packs(&run.connection, &run.object_type).await? {
-            if p.run == run_id {
-                seen.extend(p.entries.into_keys());
-            }
-        }
-        Ok(seen)
-    }
-
     /// All page markers of a run.
     pub async fn markers(&self, run_id: &str) -> Result<Vec<(String, PageMarker)>, AwsError> {
         let items = self
@@ -976,14 +962,10 @@ impl Runs {
     ) -> Result<(), AwsError> {
         let stale = match known {
             Some(k) => k,
-            None => self
-                .store
-                .packs(&run.connection, &run.object_type)
-                .await?
-                .into_iter()
-                .filter(|(_, p)| p.run.as_str() < run.run_id.as_str())
-                .map(|(sk, p)| (sk, p.run))
-                .collect(),
+            None => older_packs(
+                self.store.packs(&run.connection, &run.object_type).await?,
+                &run.run_id,
+            ),
         };
         let pk = crate::pages::pack_pk(&run.connection, &run.object_type);
         for (sk, by) in stale {
@@ -1298,13 +1280,7 @@ impl Runs {
             marked,
             message: breaker.message(),
             held: !breaker.may_mark(),
-            stale_packs: Some(
-                packs
-                    .into_iter()
-                    .filter(|(_, p)| p.run.as_str() < run.run_id.as_str())
-                    .map(|(sk, p)| (sk, p.run))
-                    .collect(),
-            ),
+            stale_packs: Some(older_packs(packs, &run.run_id)),
         })
     }
 
@@ -1314,11 +1290,8 @@ impl Runs {
         connection: &str,
         object_type: &str,
     ) -> Result<Option<Grace>, AwsError> {
-        self.store
-            .get(&format!("G#{connection}"), &format!("{object_type}#grace"))
-            .await?
-            .map(from_item)
-            .transpose()
+        let (pk, sk) = grace_key(connection, object_type);
+        self.store.get(&pk, &sk).await?.map(from_item).transpose()
     }
 
     /// Keep the keys this sweep left absent, or say there were too many to keep.
@@ -1340,11 +1313,10 @@ impl Runs {
             .ddb
             .put_item()
             .table_name(&self.store.table)
-            .set_item(Some(to_item(
-                &format!("G#{}", run.connection),
-                &format!("{}#grace", run.object_type),
-                &grace,
-            )?))
+            .set_item(Some({
+                let (pk, sk) = grace_key(&run.connection, &run.object_type);
+                to_item(&pk, &sk, &grace)?
+            }))
             .send()
             .await
             .map_err(|e| dyn_err("PutItem", e))?;
@@ -1726,14 +1698,22 @@ pub async fn forget_grace(
     connection: &str,
     object_type: &str,
 ) -> Result<(), AwsError> {
-    store
-        .delete(
-            &format!("G#{connection}"),
-            &format!("{object_type}#grace"),
-            None,
-        )
-        .await
-        .map(|_| ())
+    let (pk, sk) = grace_key(connection, object_type);
+    store.delete(&pk, &sk, None).await.map(|_| ())
+}
+
+/// Where a connection's grace item lives: beside its guard state.
+fn grace_key(connection: &str, object_type: &str) -> (String, String) {
+    (format!("G#{connection}"), format!("{object_type}#grace"))
+}
+
+/// The packs of runs before `run_id` (sort key, run): pages that run no longer has.
+fn older_packs(packs: Vec<(String, crate::pages::Pack)>, run_id: &str) -> Vec<(String, String)> {
+    packs
+        .into_iter()
+        .filter(|(_, p)| p.run.as_str() < run_id)
+        .map(|(sk, p)| (sk, p.run))
+        .collect()
 }
 
 /// The membership item for a record.
@@ -1817,23 +1797,35 @@ mod tests {
         k.iter().map(|s| s.to_string()).collect()
     }
 
-    #[test]
-    fn an_incremental_sweep_looks_at_dropped_unreplaced_and_absent_keys_only() {
-        let r = run(serde_json::json!({"run_id": "r2"}));
+    /// Run `this` after the complete run `prev`, whose sweep kept an empty grace today and whose
+    /// packs this run's pages replaced.
+    fn basis(prev: &str, this: &str) -> (RunItem, GuardBefore, Grace, PageTotals) {
         let before = GuardBefore {
-            run: Some("r1".into()),
+            run: Some(prev.into()),
             ..Default::default()
         };
         let grace = Grace {
-            run: "r1".into(),
-            keys: Some(vec!["g".into()]),
+            run: prev.into(),
+            keys: Some(vec![]),
             full_at: Some(now()),
         };
         let totals = PageTotals {
-            dropped: keys(&["d"]),
-            replaced: keys(&["r1"]),
+            replaced: keys(&[prev]),
             ..Default::default()
         };
+        (
+            run(serde_json::json!({ "run_id": this })),
+            before,
+            grace,
+            totals,
+        )
+    }
+
+    #[test]
+    fn an_incremental_sweep_looks_at_dropped_unreplaced_and_absent_keys_only() {
+        let (r, before, mut grace, mut totals) = basis("r1", "r2");
+        grace.keys = Some(vec!["g".into()]);
+        totals.dropped = keys(&["d"]);
         // Page 0 is this run's; page 1 (the previous run's) was not fetched again.
         let packs = vec![
             ("0".to_string(), pack("r2", &["a", "b"])),
@@ -1851,20 +1843,7 @@ mod tests {
 
     #[test]
     fn anything_doubtful_makes_the_sweep_read_the_whole_membership() {
-        let r = run(serde_json::json!({"run_id": "r3"}));
-        let before = GuardBefore {
-            run: Some("r2".into()),
-            ..Default::default()
-        };
-        let grace = Grace {
-            run: "r2".into(),
-            keys: Some(vec![]),
-            full_at: Some(now()),
-        };
-        let totals = PageTotals {
-            replaced: keys(&["r2"]),
-            ..Default::default()
-        };
+        let (r, before, grace, totals) = basis("r2", "r3");
         let packs = vec![("0".to_string(), pack("r3", &["a"]))];
         let ok =
             |t: &PageTotals,
