@@ -427,7 +427,7 @@ pub(crate) async fn reindex_person(
                 remove_persons: vec![new.key.clone()],
                 ..Default::default()
             };
-            store.update_email(e, change).await?;
+            store.update_email(e, change, false).await?;
         }
     }
     if let Some((e, p)) = after {
@@ -435,7 +435,7 @@ pub(crate) async fn reindex_person(
             set_persons: vec![(new.key.clone(), p)],
             ..Default::default()
         };
-        store.update_email(&e, change).await?;
+        store.update_email(&e, change, false).await?;
     }
     Ok(())
 }

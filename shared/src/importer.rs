@@ -539,10 +539,6 @@ impl Importer {
                                     e.fp = fp;
                                     e.settled = true;
                                 }
-                                if ot == ObjectType::Person {
-                                    self.assign_waiting(&rec, &email_updates, &writer, ts, page_id)
-                                        .await?;
-                                }
                             }
                         }
                         // One record DynamoDB refuses (too big) fails its whole batch: create
@@ -632,27 +628,8 @@ impl Importer {
                 crate::failpoint::hit("importer.after_records")?;
                 self.store.batch_put(side).await?;
                 let email_updates = std::mem::take(&mut *lock(&email_updates));
-                let mut new_items = Vec::new();
-                for (email, entry) in email_updates {
-                    // Only what changed: new items whole and batched, existing ones by attribute path.
-                    let before = emails.get(&email).cloned().unwrap_or_default();
-                    for k in &entry.waiting_items {
-                        let mut item = Item::new();
-                        item.insert("pk".into(), crate::store::s(format!("E#{email}")));
-                        item.insert("sk".into(), crate::store::s(format!("W#{k}")));
-                        new_items.push(item);
-                    }
-                    let change = crate::store::EmailChange::between(&before, &entry);
-                    if change.is_empty() {
-                        continue;
-                    }
-                    if before.absent {
-                        new_items.push(to_item(&format!("E#{email}"), "#", &entry)?);
-                    } else {
-                        self.store.update_email(&email, change).await?;
-                    }
-                }
-                self.store.batch_put(new_items).await?;
+                self.settle_emails(&emails, email_updates, &writer, ts, page_id)
+                    .await?;
                 Ok(())
             }
             .await;
@@ -858,7 +835,17 @@ impl Importer {
             if let Some(c) = &cur {
                 if let Some(m) = c.w.get(w.connection) {
                     if m.run == w.run_id && m.pg == page_id {
-                        // This page wrote it before it was interrupted: count and complete that.
+                        // This page wrote it before it was interrupted: count and complete that,
+                        // email index included (the first try may have stopped before it).
+                        match ot {
+                            ObjectType::Hardware => {
+                                self.note_waiting(c, emails, &mut lock(email_updates))
+                            }
+                            ObjectType::Person => {
+                                self.index_person(c, None, emails, &mut lock(email_updates), true)
+                            }
+                            ObjectType::Software => {}
+                        }
                         let history = if m.o == "created" {
                             all_as_changes(c)
                         } else {
@@ -912,10 +899,6 @@ impl Importer {
                     };
                     let rec = self.build_created(r, w, emails, email_updates, tag, ts, page_id);
                     if self.store.create_record(&rec).await? {
-                        if ot == ObjectType::Person {
-                            self.assign_waiting(&rec, email_updates, w, ts, page_id)
-                                .await?;
-                        }
                         return Ok(Applied {
                             outcome: "created",
                             history: Some(("created", all_as_changes(&rec))),
@@ -956,7 +939,7 @@ impl Importer {
                         self.note_waiting(&rec, emails, &mut lock(email_updates));
                     }
                     if ot == ObjectType::Person {
-                        self.index_person(&rec, Some(c), emails, &mut lock(email_updates));
+                        self.index_person(&rec, Some(c), emails, &mut lock(email_updates), false);
                     }
                     let src_changed = matches!(
                         &d,
@@ -1026,10 +1009,6 @@ impl Importer {
                     let expected = rec.ver;
                     rec.ver += 1;
                     if self.store.replace_record(&rec, expected).await? {
-                        if ot == ObjectType::Person {
-                            self.assign_waiting(&rec, email_updates, w, ts, page_id)
-                                .await?;
-                        }
                         return Ok(Applied {
                             outcome: o,
                             history: Some(("updated", changes)),
@@ -1110,7 +1089,7 @@ impl Importer {
             self.note_waiting(&rec, emails, &mut lock(email_updates));
         }
         if ot == ObjectType::Person {
-            self.index_person(&rec, None, emails, &mut lock(email_updates));
+            self.index_person(&rec, None, emails, &mut lock(email_updates), false);
         }
         rec.w.insert(
             w.connection.to_string(),
@@ -1184,13 +1163,11 @@ impl Importer {
         if entry.active().is_some() || entry.waiting.contains_key(&rec.key) {
             return;
         }
-        let e = updates.entry(email).or_insert_with(|| entry.clone());
-        if !entry.absent && !entry.waiting.is_empty() {
-            // The item already says "devices wait here": note this one beside it, in a batch.
-            e.waiting_items.insert(rec.key.clone());
-        } else {
-            e.waiting.insert(rec.key.clone(), true);
-        }
+        updates
+            .entry(email)
+            .or_insert_with(|| entry.clone())
+            .waiting_items
+            .insert(rec.key.clone());
     }
 
     /// Keep the email index in step with a person record.
@@ -1200,6 +1177,7 @@ impl Importer {
         old: Option<&StoredRecord>,
         emails: &HashMap<String, EmailEntry>,
         updates: &mut BTreeMap<String, EmailEntry>,
+        redelivered: bool,
     ) {
         let email = rec.a.get(attr::EMAIL).and_then(|e| normalize::email(e));
         let old_email = old
@@ -1233,51 +1211,135 @@ impl Importer {
         let entry = updates
             .entry(email.clone())
             .or_insert_with(|| emails.get(&email).cloned().unwrap_or_default());
+        entry.recheck |= redelivered;
         entry
             .persons
             .insert(rec.key.clone(), PersonRef { status, name });
     }
 
-    /// A person became available: assign the devices that were waiting for them.
-    async fn assign_waiting(
+    /// Write what this page changed in the email index, and settle devices and people who
+    /// met meanwhile.
+    ///
+    /// Why this is safe under concurrent pages without waiting for them: a device with no active
+    /// person is noted in an item of its own (`W#`), then its page reads the email's entry
+    /// again; a person's page writes the person into the entry (by attribute path), then reads
+    /// the `W#` items. All reads are strongly consistent, so of a device page and a person page
+    /// meeting at one email, at least one sees the other's write and assigns the device (both
+    /// may: assigning is idempotent). Notes are written by one page each and never overwrite
+    /// another's, so they go in batches.
+    async fn settle_emails(
         &self,
-        person: &StoredRecord,
-        updates: &std::sync::Mutex<BTreeMap<String, EmailEntry>>,
+        before: &HashMap<String, EmailEntry>,
+        updates: BTreeMap<String, EmailEntry>,
         w: &Writer<'_>,
         ts: &str,
         page_id: &str,
     ) -> Result<(), SyncError> {
-        let Some(email) = person.a.get(attr::EMAIL).and_then(|e| normalize::email(e)) else {
-            return Ok(());
-        };
-        let Some(entry) = lock(updates).get(&email).cloned() else {
-            return Ok(());
-        };
-        if entry.active().is_none() || entry.waiting.is_empty() {
-            return Ok(());
+        let mut notes = Vec::new();
+        for (email, e) in &updates {
+            for k in &e.waiting_items {
+                let (pk, sk) = crate::store::waiting_key(email, k);
+                let mut item = Item::new();
+                item.insert("pk".into(), crate::store::s(pk));
+                item.insert("sk".into(), crate::store::s(sk));
+                notes.push(item);
+            }
         }
-        // Devices noted in items of their own, only ever beside a non-empty `waiting` map.
-        let items = self.store.waiting_items(&email).await?;
-        let mut waiting: BTreeSet<String> = entry.waiting.keys().cloned().collect();
-        waiting.extend(items.iter().cloned());
-        let one = HashMap::from([(email.clone(), entry.clone())]);
+        self.store.batch_put(notes).await?;
+        crate::failpoint::hit("importer.after_waiting_notes")?;
+        let mut recheck = Vec::new();
+        for (email, entry) in &updates {
+            let old = before.get(email).cloned().unwrap_or_default();
+            let change = crate::store::EmailChange::between(&old, entry);
+            let activates = change
+                .set_persons
+                .iter()
+                .any(|(_, p)| p.status.is_empty() || p.status == "active");
+            if !change.is_empty() {
+                self.store.update_email(email, change, old.absent).await?;
+            }
+            if entry.active().is_some() && (activates || entry.recheck) {
+                recheck.push(email);
+            }
+        }
+        crate::failpoint::hit("importer.after_email_index")?;
+        // Devices noted: is there an active person by now?
+        let noted: Vec<&String> = updates
+            .iter()
+            .filter(|(_, e)| !e.waiting_items.is_empty())
+            .map(|(k, _)| k)
+            .collect();
+        if !noted.is_empty() {
+            let keys: Vec<(String, String)> = noted
+                .iter()
+                .map(|e| (format!("E#{e}"), "#".to_string()))
+                .collect();
+            let now = self.store.batch_get(&keys).await?;
+            for email in noted {
+                let Some(item) = now.get(&(format!("E#{email}"), "#".to_string())) else {
+                    continue;
+                };
+                let entry: EmailEntry = crate::store::from_item(item.clone())?;
+                if entry.active().is_some() {
+                    let devices = updates[email].waiting_items.clone();
+                    self.assign_devices(email, &entry, &devices, w, ts, page_id)
+                        .await?;
+                }
+            }
+        }
+        // People who are active here now: the devices noted waiting for them.
+        for email in recheck {
+            let entry = &updates[email];
+            let mut devices: BTreeSet<String> =
+                self.store.waiting_items(email).await?.into_iter().collect();
+            devices.extend(entry.waiting.keys().cloned());
+            if devices.is_empty() {
+                continue;
+            }
+            self.assign_devices(email, entry, &devices, w, ts, page_id)
+                .await?;
+            if !entry.waiting.is_empty() {
+                let change = crate::store::EmailChange {
+                    remove_waiting: entry.waiting.keys().cloned().collect(),
+                    ..Default::default()
+                };
+                self.store.update_email(email, change, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Assign devices noted waiting for `email` to its active person, then drop their notes.
+    async fn assign_devices(
+        &self,
+        email: &str,
+        entry: &EmailEntry,
+        devices: &BTreeSet<String>,
+        w: &Writer<'_>,
+        ts: &str,
+        page_id: &str,
+    ) -> Result<(), SyncError> {
+        let one = HashMap::from([(email.to_string(), entry.clone())]);
+        let hw_writer = Writer {
+            object_type: ObjectType::Hardware,
+            ..w.clone()
+        };
+        let prov = w.provenance(ts);
         let mut history = Vec::new();
-        for hw in &waiting {
-            for _ in 0..5 {
+        for hw in devices {
+            let mut settled = false;
+            for _ in 0..6 {
                 let Some(mut dev) = self.store.record(ObjectType::Hardware.as_str(), hw).await?
                 else {
+                    settled = true;
                     break;
-                };
-                let hw_writer = Writer {
-                    object_type: ObjectType::Hardware,
-                    ..w.clone()
                 };
                 let snapshot = dev.a.clone();
                 let changes = assignment_changes(&snapshot, &dev, &one, &hw_writer);
                 if changes.is_empty() {
+                    settled = true;
                     break;
                 }
-                let prov = w.provenance(ts);
                 let mut hist = Vec::new();
                 for (a, v) in changes {
                     hist.push(Change {
@@ -1299,20 +1361,22 @@ impl Importer {
                         "assigned",
                         &hist,
                     )?);
+                    settled = true;
                     break;
                 }
             }
+            if !settled {
+                return Err(SyncError::Other(format!(
+                    "device {hw} kept changing while being assigned to its person; the page is retried"
+                )));
+            }
         }
         self.store.batch_put(history).await?;
-        if let Some(e) = lock(updates).get_mut(&email) {
-            e.waiting.clear();
-            e.waiting_items.clear();
-        }
-        for k in items {
-            self.store
-                .delete(&format!("E#{email}"), &format!("W#{k}"), None)
-                .await?;
-        }
+        let notes: Vec<(String, String)> = devices
+            .iter()
+            .map(|k| crate::store::waiting_key(email, k))
+            .collect();
+        self.store.batch_delete(&notes).await?;
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, PutRequest, ReturnValue, WriteRequest,
+    AttributeValue, DeleteRequest, KeysAndAttributes, PutRequest, ReturnValue, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -287,17 +287,37 @@ impl Store {
 
     /// Write many items, 25 a request, retrying unprocessed items.
     pub async fn batch_put(&self, items: Vec<Item>) -> Result<(), AwsError> {
-        for chunk in items.chunks(25) {
-            let mut pending: Vec<WriteRequest> = chunk
-                .iter()
-                .map(|i| {
-                    PutRequest::builder()
-                        .set_item(Some(i.clone()))
-                        .build()
-                        .map(|p| WriteRequest::builder().put_request(p).build())
-                        .map_err(|e| AwsError::Item(e.to_string()))
-                })
-                .collect::<Result<_, _>>()?;
+        let requests = items
+            .into_iter()
+            .map(|i| {
+                PutRequest::builder()
+                    .set_item(Some(i))
+                    .build()
+                    .map(|p| WriteRequest::builder().put_request(p).build())
+                    .map_err(|e| AwsError::Item(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.batch_write(requests).await
+    }
+
+    /// Delete many items by (pk, sk), 25 a request, retrying unprocessed ones.
+    pub async fn batch_delete(&self, keys: &[(String, String)]) -> Result<(), AwsError> {
+        let requests = keys
+            .iter()
+            .map(|(p, k)| {
+                DeleteRequest::builder()
+                    .set_key(Some(Self::key(p, k)))
+                    .build()
+                    .map(|d| WriteRequest::builder().delete_request(d).build())
+                    .map_err(|e| AwsError::Item(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.batch_write(requests).await
+    }
+
+    async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<(), AwsError> {
+        for chunk in requests.chunks(25) {
+            let mut pending: Vec<WriteRequest> = chunk.to_vec();
             let mut tries = 0;
             while !pending.is_empty() {
                 tries += 1;
@@ -504,23 +524,28 @@ impl Store {
     }
 }
 
-/// An email index entry: the people with this email, and devices waiting for one.
+/// An email index entry (`E#<email>` / `#`): the people with this email. Devices waiting for a
+/// person of the email are items of their own beside it (`E#<email>` / `W#<key>`), so each is
+/// written by one page only and in batches; see `Importer::settle_emails` for the protocol.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct EmailEntry {
     /// Person key → status (`active`, `suspended`, ...), and the person's display name.
     #[serde(default)]
     pub persons: BTreeMap<String, PersonRef>,
-    /// Hardware keys whose user email has no active person yet.
-    #[serde(default)]
+    /// Hardware keys waiting, as earlier versions noted them in the item itself (read and
+    /// cleared, never added to).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub waiting: BTreeMap<String, bool>,
-    /// Not stored: the item did not exist when read (a new one is written whole, in batches).
+    /// Not stored: the item did not exist when read.
     #[serde(skip)]
     pub absent: bool,
-    /// Not stored here: devices noted waiting in items of their own (`E#<email>` / `W#<key>`),
-    /// written in batches. A page notes a device that way when the item already has waiting
-    /// devices (so a person's import looks for such items), saving an UpdateItem per email.
+    /// Not stored: devices of this page to note waiting (as `W#<key>` items).
     #[serde(skip)]
     pub waiting_items: std::collections::BTreeSet<String>,
+    /// Not stored: a person of this page is active here and the devices waiting must be looked
+    /// for (the entry changed, or the page is a redelivery that may have stopped before).
+    #[serde(skip)]
+    pub recheck: bool,
 }
 
 /// What the email index remembers of a person.
@@ -768,18 +793,16 @@ fn decode_pack(i: &Item) -> crate::pages::Pack {
     crate::pages::Pack::decode(&get("run"), &get("va"), &get("d"))
 }
 
-/// Most devices one email index item keeps waiting (beyond, they are not noted; ~40 KB).
-pub const MAX_WAITING: usize = 2000;
 /// Most people one email index item keeps.
 pub const MAX_PERSONS: usize = 200;
 
 /// Changes to one email index item, applied by attribute path so concurrent writers of other
-/// people or devices of the same email keep theirs.
+/// people of the same email keep theirs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EmailChange {
     pub set_persons: Vec<(String, PersonRef)>,
     pub remove_persons: Vec<String>,
-    pub add_waiting: Vec<String>,
+    /// Devices an earlier version noted in the item's own `waiting` map, now settled.
     pub remove_waiting: Vec<String>,
 }
 
@@ -799,12 +822,6 @@ impl EmailChange {
                 .filter(|k| !new.persons.contains_key(*k))
                 .cloned()
                 .collect(),
-            add_waiting: new
-                .waiting
-                .keys()
-                .filter(|k| !old.waiting.contains_key(*k))
-                .cloned()
-                .collect(),
             remove_waiting: old
                 .waiting
                 .keys()
@@ -818,13 +835,17 @@ impl EmailChange {
     pub fn is_empty(&self) -> bool {
         self.set_persons.is_empty()
             && self.remove_persons.is_empty()
-            && self.add_waiting.is_empty()
             && self.remove_waiting.is_empty()
     }
 }
 
+/// The item key of a device noted waiting for an email.
+pub fn waiting_key(email: &str, device: &str) -> (String, String) {
+    (format!("E#{email}"), format!("W#{device}"))
+}
+
 impl Store {
-    /// Devices waiting for an email in items of their own (see [`EmailEntry::waiting_items`]).
+    /// Devices waiting for an email in items of their own (strongly consistent).
     pub async fn waiting_items(&self, email: &str) -> Result<Vec<String>, AwsError> {
         Ok(self
             .query(&format!("E#{email}"), Some("W#"), false, None)
@@ -835,9 +856,45 @@ impl Store {
             .collect())
     }
 
-    /// Apply changes to `E#<email>` by attribute path (bounded: past [`MAX_WAITING`] waiting
-    /// devices or [`MAX_PERSONS`] people, additions are dropped with a warning).
-    pub async fn update_email(&self, email: &str, change: EmailChange) -> Result<(), AwsError> {
+    /// Apply changes to `E#<email>` by attribute path (bounded: past [`MAX_PERSONS`] people,
+    /// additions are dropped with a warning). `absent`: the item was not there when read, so
+    /// it is first created with its people in one conditional request (by path if someone
+    /// created it meanwhile).
+    pub async fn update_email(
+        &self,
+        email: &str,
+        change: EmailChange,
+        absent: bool,
+    ) -> Result<(), AwsError> {
+        let pk = format!("E#{email}");
+        if absent
+            && change.remove_persons.is_empty()
+            && change.remove_waiting.is_empty()
+            && !change.set_persons.is_empty()
+            && change.set_persons.len() <= MAX_PERSONS
+        {
+            let mut m = HashMap::new();
+            for (k, p) in &change.set_persons {
+                let v = serde_dynamo::to_attribute_value(p)
+                    .map_err(|e| AwsError::Item(e.to_string()))?;
+                m.insert(k.clone(), v);
+            }
+            let created = self
+                .ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(Self::key(&pk, "#")))
+                .update_expression("SET persons = :m")
+                .condition_expression("attribute_not_exists(persons)")
+                .expression_attribute_values(":m", AttributeValue::M(m))
+                .send()
+                .await;
+            match created {
+                Ok(_) => return Ok(()),
+                Err(e) if is_condition_failed(&e) => {}
+                Err(e) => return Err(dyn_err("UpdateItem", e)),
+            }
+        }
         // Expressions are limited to 4 KB: at most 40 paths a request.
         let mut ops: Vec<(u8, String, Option<AttributeValue>)> = Vec::new();
         for (k, p) in change.set_persons {
@@ -846,7 +903,6 @@ impl Store {
             ops.push((0, k, Some(v)));
         }
         ops.extend(change.remove_persons.into_iter().map(|k| (1, k, None)));
-        ops.extend(change.add_waiting.into_iter().map(|k| (2, k, None)));
         ops.extend(change.remove_waiting.into_iter().map(|k| (3, k, None)));
         for chunk in ops.chunks(40) {
             self.email_paths(email, chunk.to_vec()).await?;
@@ -872,7 +928,8 @@ impl Store {
                 .table_name(&self.table)
                 .set_key(Some(Self::key(&pk, "#")));
             let adds_persons = ops.iter().any(|o| o.0 == 0);
-            let adds_waiting = ops.iter().any(|o| o.0 == 2);
+            let uses_persons = ops.iter().any(|o| o.0 <= 1);
+            let uses_waiting = ops.iter().any(|o| o.0 == 3);
             for (i, (kind, key, v)) in ops.iter().enumerate() {
                 let name = format!("#k{i}");
                 req = req.expression_attribute_names(&name, key);
@@ -884,12 +941,8 @@ impl Store {
                         }
                     }
                     1 => removes.push(format!("persons.{name}")),
-                    2 => sets.push(format!("waiting.{name} = :t")),
                     _ => removes.push(format!("waiting.{name}")),
                 }
-            }
-            if adds_waiting {
-                req = req.expression_attribute_values(":t", AttributeValue::Bool(true));
             }
             let mut expr = String::new();
             if !sets.is_empty() {
@@ -900,18 +953,21 @@ impl Store {
                 expr.push_str(" REMOVE ");
                 expr.push_str(&removes.join(", "));
             }
-            let mut cond = "attribute_exists(persons) AND attribute_exists(waiting)".to_string();
-            if adds_waiting {
-                cond.push_str(" AND size(waiting) < :wcap");
-                req = req.expression_attribute_values(":wcap", n(MAX_WAITING));
+            // A path into a map that does not exist is invalid: the maps must be there.
+            let mut conds = Vec::new();
+            if uses_persons {
+                conds.push("attribute_exists(persons)".to_string());
+            }
+            if uses_waiting {
+                conds.push("attribute_exists(waiting)".to_string());
             }
             if adds_persons {
-                cond.push_str(" AND size(persons) < :pcap");
+                conds.push("size(persons) < :pcap".to_string());
                 req = req.expression_attribute_values(":pcap", n(MAX_PERSONS));
             }
             match req
                 .update_expression(expr.trim())
-                .condition_expression(cond)
+                .condition_expression(conds.join(" AND "))
                 .send()
                 .await
             {
@@ -919,19 +975,26 @@ impl Store {
                 Err(e) if is_condition_failed(&e) => {}
                 Err(e) => return Err(dyn_err("UpdateItem", e)),
             }
-            // Why: no item (or maps) yet, or a cap reached.
+            // Why: no item (or map) yet, or the cap reached.
             let cur = self.get(&pk, "#").await?;
             let has = |a: &str| cur.as_ref().is_some_and(|i| i.contains_key(a));
-            if !has("persons") || !has("waiting") {
-                let empty = AttributeValue::M(HashMap::new());
+            if uses_waiting && !has("waiting") {
+                // Nothing of the old map is left to remove.
+                ops.retain(|o| o.0 != 3);
+                continue;
+            }
+            if uses_persons && !has("persons") {
+                if !adds_persons {
+                    // Nobody to remove.
+                    ops.retain(|o| o.0 != 1);
+                    continue;
+                }
                 self.ddb
                     .update_item()
                     .table_name(&self.table)
                     .set_key(Some(Self::key(&pk, "#")))
-                    .update_expression(
-                        "SET persons = if_not_exists(persons, :e), waiting = if_not_exists(waiting, :e)",
-                    )
-                    .expression_attribute_values(":e", empty)
+                    .update_expression("SET persons = if_not_exists(persons, :e)")
+                    .expression_attribute_values(":e", AttributeValue::M(HashMap::new()))
                     .send()
                     .await
                     .map_err(|e| dyn_err("UpdateItem", e))?;
@@ -943,13 +1006,6 @@ impl Store {
                     .and_then(|v| v.as_m().ok())
                     .map_or(0, HashMap::len)
             };
-            if size("waiting") >= MAX_WAITING {
-                tracing::warn!(
-                    email_len = email.len(),
-                    "email index: too many devices waiting for one email; not noting more"
-                );
-                ops.retain(|o| o.0 != 2);
-            }
             if size("persons") >= MAX_PERSONS {
                 tracing::warn!(
                     email_len = email.len(),
