@@ -71,6 +71,11 @@ pub struct RunItem {
     /// Which vendor API version served the run's pages (e.g. `computers-inventory v4`).
     #[serde(default)]
     pub served_by: Option<String>,
+    /// Whether a page of the run went out in more than one message. While not, every page
+    /// marker is at `<page>.000`, so the run's markers are read by key instead of by Query.
+    /// `None`: a run item written before this was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunked: Option<bool>,
     /// Token of the invocation that owns the fetch (one fetcher per run).
     #[serde(default)]
     pub owner: Option<String>,
@@ -324,7 +329,7 @@ impl Runs {
     /// A run's summary: a running run's counts and errors are those of its page markers; a
     /// finished run's counts are in its item, its errors in its markers.
     pub async fn summary(&self, run: &RunItem) -> Result<RunSummary, AwsError> {
-        let t = self.page_totals(&run.run_id).await?;
+        let t = self.page_totals(run).await?;
         if run.status == "running" {
             return Ok(run.with_totals(&t).to_summary(t.errors));
         }
@@ -332,8 +337,30 @@ impl Runs {
     }
 
     /// What the run's page markers add up to.
-    pub async fn page_totals(&self, run_id: &str) -> Result<PageTotals, AwsError> {
-        Ok(PageTotals::of(&self.markers(run_id).await?))
+    pub async fn page_totals(&self, run: &RunItem) -> Result<PageTotals, AwsError> {
+        Ok(PageTotals::of(&self.run_markers(run).await?))
+    }
+
+    /// The page markers of a run, by key when the run's page ids are known (every page one
+    /// message, `<page>.000`): BatchGetItem costs per marker, a Query of the run's partition
+    /// costs per item of the table on the local stack. A page not imported yet has no marker.
+    pub async fn run_markers(&self, run: &RunItem) -> Result<Vec<(String, PageMarker)>, AwsError> {
+        if run.chunked != Some(false) {
+            return self.markers(&run.run_id).await;
+        }
+        let pk = format!("P#{}", run.run_id);
+        let keys: Vec<(String, String)> = (0..run.next_page)
+            .map(|p| (pk.clone(), format!("{p:06}.000")))
+            .collect();
+        let mut found: Vec<(String, PageMarker)> = self
+            .store
+            .batch_get(&keys)
+            .await?
+            .into_iter()
+            .map(|((_, sk), i)| from_item::<PageMarker>(i).map(|m| (sk, m)))
+            .collect::<Result<_, _>>()?;
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(found)
     }
 
     /// All page markers of a run.
@@ -498,6 +525,7 @@ impl Runs {
             finishing_at: None,
             finisher: None,
             served_by: None,
+            chunked: Some(false),
             owner: Some(token.to_string()),
             owner_until: Utc::now().timestamp() + self.lease_seconds,
             import_deadline: None,
@@ -666,6 +694,9 @@ impl Runs {
         if done {
             expr.push_str(", owner_until = :zero, import_deadline = :idl");
         }
+        if pages > 1 {
+            expr.push_str(", chunked = :true");
+        }
         expr.push_str(" ADD pages_fetched :p, records_fetched :r, vendor_requests :vr, throttled :th, throttle_wait_ms :tw");
         let mut req = self
             .store
@@ -697,6 +728,9 @@ impl Runs {
             req = req
                 .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":idl", n(now_s + import_horizon_secs));
+        }
+        if pages > 1 {
+            req = req.expression_attribute_values(":true", AttributeValue::Bool(true));
         }
         // `http` is the delta since the last checkpoint, so counters add up across continuations.
         req = req
@@ -895,7 +929,7 @@ impl Runs {
         if run.status != "running" || !run.fetch_complete {
             return Ok(Some(run));
         }
-        let totals = self.page_totals(run_id).await?;
+        let totals = self.page_totals(&run).await?;
         if totals.pages_done + totals.pages_dead < run.pages_fetched {
             return Ok(Some(run));
         }
@@ -1062,7 +1096,7 @@ impl Runs {
         }
         let now_s = Utc::now().timestamp();
         if run.fetch_complete && run.import_deadline.is_some_and(|d| d < now_s) {
-            let totals = self.page_totals(run_id).await?;
+            let totals = self.page_totals(&run).await?;
             let lost = run
                 .pages_fetched
                 .saturating_sub(totals.pages_done + totals.pages_dead);
