@@ -445,6 +445,8 @@ impl Fetcher {
                     page.total,
                     delta,
                     self.settings.import_horizon_seconds,
+                    // One fetcher owns the run, so the largest split so far is its to keep.
+                    run.max_chunks.map(|m| m.max(chunks.len() as u32)),
                 )
                 .await?
             else {

@@ -71,11 +71,12 @@ pub struct RunItem {
     /// Which vendor API version served the run's pages (e.g. `computers-inventory v4`).
     #[serde(default)]
     pub served_by: Option<String>,
-    /// Whether a page of the run went out in more than one message. While not, every page
-    /// marker is at `<page>.000`, so the run's markers are read by key instead of by Query.
-    /// `None`: a run item written before this was recorded.
+    /// The most messages one page of the run went out in (a page too big for one SQS message
+    /// is split into chunks). Every page marker is then at `<page>.<chunk>` with chunk below
+    /// this, so the run's markers are read by key instead of by Query. `None`: a run item
+    /// written before this was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chunked: Option<bool>,
+    pub max_chunks: Option<u32>,
     /// Token of the invocation that owns the fetch (one fetcher per run).
     #[serde(default)]
     pub owner: Option<String>,
@@ -247,6 +248,9 @@ const GRACE_BYTES: usize = 200_000;
 /// How long the incremental sweep runs before a full one.
 const FULL_SWEEP_EVERY_HOURS: i64 = 24;
 
+/// Most marker ids a run's markers are read by key (past this, by Query: 50 BatchGetItem calls).
+const MAX_MARKERS_BY_KEY: u64 = 5_000;
+
 /// The connection's lease item (`L#<connection>` / `#`): which run is the connection's current
 /// one. It has no expiry of its own: whether that run is alive is read from the run item's
 /// `owner_until` (never the table's TTL attribute, which may delete it at any time).
@@ -341,16 +345,21 @@ impl Runs {
         Ok(PageTotals::of(&self.run_markers(run).await?))
     }
 
-    /// The page markers of a run, by key when the run's page ids are known (every page one
-    /// message, `<page>.000`): BatchGetItem costs per marker, a Query of the run's partition
-    /// costs per item of the table on the local stack. A page not imported yet has no marker.
+    /// The page markers of a run, by key when the run's page ids are known (pages
+    /// `0..next_page`, chunks below `max_chunks`): BatchGetItem costs per marker, while a Query
+    /// of the run's partition costs per item of the whole table on the local stack. A page not
+    /// imported yet has no marker, and an id no message had is simply not found.
     pub async fn run_markers(&self, run: &RunItem) -> Result<Vec<(String, PageMarker)>, AwsError> {
-        if run.chunked != Some(false) {
+        let ids = run
+            .max_chunks
+            .map_or(u64::MAX, |c| u64::from(c) * u64::from(run.next_page));
+        let Some(chunks) = run.max_chunks.filter(|_| ids <= MAX_MARKERS_BY_KEY) else {
             return self.markers(&run.run_id).await;
-        }
+        };
         let pk = format!("P#{}", run.run_id);
         let keys: Vec<(String, String)> = (0..run.next_page)
-            .map(|p| (pk.clone(), format!("{p:06}.000")))
+            .flat_map(|p| (0..chunks).map(move |c| (p, c)))
+            .map(|(p, c)| (pk.clone(), format!("{p:06}.{c:03}")))
             .collect();
         let mut found: Vec<(String, PageMarker)> = self
             .store
@@ -525,7 +534,7 @@ impl Runs {
             finishing_at: None,
             finisher: None,
             served_by: None,
-            chunked: Some(false),
+            max_chunks: Some(1),
             owner: Some(token.to_string()),
             owner_until: Utc::now().timestamp() + self.lease_seconds,
             import_deadline: None,
@@ -685,6 +694,7 @@ impl Runs {
         vendor_total: Option<u64>,
         http: crate::http::HttpCounts,
         import_horizon_secs: i64,
+        max_chunks: Option<u32>,
     ) -> Result<Option<RunItem>, AwsError> {
         let done = cursor.is_none();
         let now_s = Utc::now().timestamp();
@@ -694,8 +704,8 @@ impl Runs {
         if done {
             expr.push_str(", owner_until = :zero, import_deadline = :idl");
         }
-        if pages > 1 {
-            expr.push_str(", chunked = :true");
+        if max_chunks.is_some() {
+            expr.push_str(", max_chunks = :mc");
         }
         expr.push_str(" ADD pages_fetched :p, records_fetched :r, vendor_requests :vr, throttled :th, throttle_wait_ms :tw");
         let mut req = self
@@ -729,8 +739,8 @@ impl Runs {
                 .expression_attribute_values(":zero", n(0))
                 .expression_attribute_values(":idl", n(now_s + import_horizon_secs));
         }
-        if pages > 1 {
-            req = req.expression_attribute_values(":true", AttributeValue::Bool(true));
+        if let Some(mc) = max_chunks {
+            req = req.expression_attribute_values(":mc", n(mc));
         }
         // `http` is the delta since the last checkpoint, so counters add up across continuations.
         req = req
