@@ -55,6 +55,8 @@ pub struct Counts {
     pub writes: u64,
     /// Query requests by the kind of partition they read (the `:pk` value's prefix before `#`).
     pub queries_by_kind: HashMap<String, u64>,
+    /// GetItem and BatchGetItem requests by the kind of item they read (as `writes_by_kind`).
+    pub reads_by_kind: HashMap<String, u64>,
 }
 
 impl Counts {
@@ -172,6 +174,21 @@ impl Intercept for DynamoCounter {
         }
         kinds.sort();
         kinds.dedup();
+        let mut read_kinds: Vec<String> = Vec::new();
+        if let Some(i) = input.downcast_ref::<aws_sdk_dynamodb::operation::get_item::GetItemInput>()
+        {
+            read_kinds.extend(kind_of(i.key()));
+        } else if let Some(i) =
+            input.downcast_ref::<aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemInput>()
+        {
+            for ka in i.request_items().map(|m| m.values()).into_iter().flatten() {
+                for k in ka.keys() {
+                    read_kinds.extend(kind_of(Some(k)));
+                }
+            }
+        }
+        read_kinds.sort();
+        read_kinds.dedup();
         if let Some(i) =
             input.downcast_ref::<aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemInput>()
         {
@@ -207,6 +224,9 @@ impl Intercept for DynamoCounter {
             }
             for k in kinds {
                 *c.writes_by_kind.entry(k).or_default() += 1;
+            }
+            for k in read_kinds {
+                *c.reads_by_kind.entry(k).or_default() += 1;
             }
             let read = matches!(
                 op.as_str(),
