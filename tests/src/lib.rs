@@ -3,5 +3,6 @@
 pub mod cli;
 pub mod faults;
 pub mod harness;
+pub mod pages;
 pub mod sim;
 pub mod stack;

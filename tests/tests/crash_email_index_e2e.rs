@@ -3,44 +3,10 @@
 //! the index but before looking for waiting devices. After redelivery every device is assigned to
 //! its person and nothing is left waiting. Its own binary: failpoints are process-wide.
 
-use std::collections::BTreeMap;
-
-use assetsync::event::{Mode, ObjectType, PageMessage, SourceKind};
+use assetsync::event::{ObjectType, PageMessage, SourceKind};
 use assetsync::failpoint;
-use assetsync::mapping::MappedRecord;
 use assetsync_tests::harness::Harness;
-
-fn record(key: &str, attrs: &[(&str, &str)]) -> MappedRecord {
-    MappedRecord {
-        key: Some(key.to_string()),
-        attrs: attrs
-            .iter()
-            .map(|(a, v)| (a.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
-        source_id: Some(format!("id-{key}")),
-        checked_in: None,
-        parent: None,
-    }
-}
-
-fn page(
-    connection: &str,
-    source: SourceKind,
-    ot: ObjectType,
-    records: Vec<MappedRecord>,
-) -> PageMessage {
-    PageMessage {
-        run_id: format!("20260101T000000.000Z-{connection}-0001"),
-        connection: connection.to_string(),
-        source,
-        object_type: ot,
-        mode: Mode::CreateUpdate,
-        page: 0,
-        chunk: 0,
-        records,
-        skipped: vec![],
-    }
-}
+use assetsync_tests::pages::{device, page, person};
 
 /// Import a page, importing it again after each simulated crash (as SQS redelivers it).
 async fn import(h: &Harness, p: &PageMessage) -> anyhow::Result<u32> {
@@ -58,20 +24,15 @@ async fn import(h: &Harness, p: &PageMessage) -> anyhow::Result<u32> {
 async fn people_and_devices_meet_whatever_dies_on_the_way() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     let emails = ["ann@example.com", "bob@example.com", "cy@example.com"];
-    let devices: Vec<MappedRecord> = emails
+    let devices = emails
         .iter()
         .enumerate()
-        .map(|(i, e)| {
-            record(
-                &format!("DEV{i}"),
-                &[("User Email", e), ("Model", "MacBook Air")],
-            )
-        })
+        .map(|(i, e)| device(&format!("DEV{i}"), e))
         .collect();
     failpoint::arm("importer.after_waiting_notes", 1);
     let c = import(
         &h,
-        &page("jamf", SourceKind::Jamf, ObjectType::Hardware, devices),
+        &page("jamf", SourceKind::Jamf, ObjectType::Hardware, 0, devices),
     )
     .await?;
     assert_eq!(c, 1, "the device page died once");
@@ -83,12 +44,6 @@ async fn people_and_devices_meet_whatever_dies_on_the_way() -> anyhow::Result<()
         );
     }
 
-    let person = |k: &str, e: &str| {
-        record(
-            k,
-            &[("Email", e), ("Display Name", k), ("Status", "active")],
-        )
-    };
     // Dies after the person records, before the email index.
     failpoint::arm("importer.after_records", 1);
     let c = import(
@@ -97,6 +52,7 @@ async fn people_and_devices_meet_whatever_dies_on_the_way() -> anyhow::Result<()
             "jc",
             SourceKind::Jumpcloud,
             ObjectType::Person,
+            0,
             vec![person("ann", emails[0])],
         ),
     )
@@ -110,6 +66,7 @@ async fn people_and_devices_meet_whatever_dies_on_the_way() -> anyhow::Result<()
             "entra",
             SourceKind::Intune,
             ObjectType::Person,
+            0,
             vec![person("bob", emails[1]), person("cy", emails[2])],
         ),
     )

@@ -6,60 +6,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use assetsync::event::{Mode, ObjectType, PageMessage, SourceKind};
+use assetsync::event::{ObjectType, PageMessage, SourceKind};
 use assetsync::mapping::MappedRecord;
 use assetsync::store::EmailEntry;
 use assetsync_tests::faults::Faults;
 use assetsync_tests::harness::{Harness, Options};
-
-fn device(serial: &str, email: &str) -> MappedRecord {
-    MappedRecord {
-        key: Some(serial.to_string()),
-        attrs: BTreeMap::from([
-            ("Serial Number".to_string(), serial.to_string()),
-            ("User Email".to_string(), email.to_string()),
-            ("Model".to_string(), "MacBook Pro".to_string()),
-        ]),
-        source_id: Some(format!("id-{serial}")),
-        checked_in: None,
-        parent: None,
-    }
-}
-
-fn person(key: &str, email: &str) -> MappedRecord {
-    MappedRecord {
-        key: Some(key.to_string()),
-        attrs: BTreeMap::from([
-            ("Email".to_string(), email.to_string()),
-            ("Display Name".to_string(), format!("Person {key}")),
-            ("Status".to_string(), "active".to_string()),
-        ]),
-        source_id: Some(format!("id-{key}")),
-        checked_in: None,
-        parent: None,
-    }
-}
-
-fn page(
-    connection: &str,
-    source: SourceKind,
-    ot: ObjectType,
-    n: u32,
-    records: Vec<MappedRecord>,
-) -> PageMessage {
-    PageMessage {
-        // No run item: imported the same way, counted nowhere.
-        run_id: format!("20260101T000000.000Z-{connection}-0001"),
-        connection: connection.to_string(),
-        source,
-        object_type: ot,
-        mode: Mode::CreateUpdate,
-        page: n,
-        chunk: 0,
-        records,
-        skipped: vec![],
-    }
-}
+use assetsync_tests::pages::{device, page, person};
 
 /// Import pages all at once; a failed page is imported again until it succeeds.
 async fn import_at_once(h: &Harness, pages: &[PageMessage]) -> anyhow::Result<()> {
