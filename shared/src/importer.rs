@@ -23,7 +23,8 @@ use crate::register::{
 use crate::runs::{member_item, now, PageDiff, PageMarker, RunItem, Runs};
 use crate::settings::Settings;
 use crate::store::{
-    is_record_error, now_ms, record_pk, to_item, CreateIntent, EmailEntry, Item, PersonRef, Store,
+    email_key, is_record_error, now_ms, record_pk, to_item, waiting_key, CreateIntent, EmailEntry,
+    Item, PersonRef, Store,
 };
 use crate::summary::{Counts, RecordError};
 
@@ -794,14 +795,11 @@ impl Importer {
         if wanted.is_empty() {
             return Ok(HashMap::new());
         }
-        let keys: Vec<(String, String)> = wanted
-            .iter()
-            .map(|e| (format!("E#{e}"), "#".to_string()))
-            .collect();
+        let keys: Vec<(String, String)> = wanted.iter().map(|e| email_key(e)).collect();
         let items = self.store.batch_get(&keys).await?;
         let mut out = HashMap::new();
         for e in wanted {
-            let entry = match items.get(&(format!("E#{e}"), "#".to_string())) {
+            let entry = match items.get(&email_key(&e)) {
                 Some(i) => crate::store::from_item(i.clone())?,
                 None => EmailEntry {
                     absent: true,
@@ -1235,26 +1233,19 @@ impl Importer {
         ts: &str,
         page_id: &str,
     ) -> Result<(), SyncError> {
-        let mut notes = Vec::new();
-        for (email, e) in &updates {
-            for k in &e.waiting_items {
-                let (pk, sk) = crate::store::waiting_key(email, k);
-                let mut item = Item::new();
-                item.insert("pk".into(), crate::store::s(pk));
-                item.insert("sk".into(), crate::store::s(sk));
-                notes.push(item);
-            }
-        }
+        let notes: Vec<Item> = updates
+            .iter()
+            .flat_map(|(email, e)| e.waiting_items.iter().map(move |k| waiting_key(email, k)))
+            .map(|(pk, sk)| Store::key(&pk, &sk))
+            .collect();
         self.store.batch_put(notes).await?;
         crate::failpoint::hit("importer.after_waiting_notes")?;
         let mut recheck = Vec::new();
+        let none = EmailEntry::default();
         for (email, entry) in &updates {
-            let old = before.get(email).cloned().unwrap_or_default();
-            let change = crate::store::EmailChange::between(&old, entry);
-            let activates = change
-                .set_persons
-                .iter()
-                .any(|(_, p)| p.status.is_empty() || p.status == "active");
+            let old = before.get(email).unwrap_or(&none);
+            let change = crate::store::EmailChange::between(old, entry);
+            let activates = change.set_persons.iter().any(|(_, p)| p.is_active());
             if !change.is_empty() {
                 self.store.update_email(email, change, old.absent).await?;
             }
@@ -1270,19 +1261,16 @@ impl Importer {
             .map(|(k, _)| k)
             .collect();
         if !noted.is_empty() {
-            let keys: Vec<(String, String)> = noted
-                .iter()
-                .map(|e| (format!("E#{e}"), "#".to_string()))
-                .collect();
-            let now = self.store.batch_get(&keys).await?;
+            let keys: Vec<(String, String)> = noted.iter().map(|e| email_key(e)).collect();
+            let mut now = self.store.batch_get(&keys).await?;
             for email in noted {
-                let Some(item) = now.get(&(format!("E#{email}"), "#".to_string())) else {
+                let Some(item) = now.remove(&email_key(email)) else {
                     continue;
                 };
-                let entry: EmailEntry = crate::store::from_item(item.clone())?;
+                let entry: EmailEntry = crate::store::from_item(item)?;
                 if entry.active().is_some() {
-                    let devices = updates[email].waiting_items.clone();
-                    self.assign_devices(email, &entry, &devices, w, ts, page_id)
+                    let devices = &updates[email].waiting_items;
+                    self.assign_devices(email, &entry, devices, w, ts, page_id)
                         .await?;
                 }
             }
@@ -1372,10 +1360,7 @@ impl Importer {
             }
         }
         self.store.batch_put(history).await?;
-        let notes: Vec<(String, String)> = devices
-            .iter()
-            .map(|k| crate::store::waiting_key(email, k))
-            .collect();
+        let notes: Vec<(String, String)> = devices.iter().map(|k| waiting_key(email, k)).collect();
         self.store.batch_delete(&notes).await?;
         Ok(())
     }

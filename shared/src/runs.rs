@@ -350,11 +350,9 @@ impl Runs {
     /// of the run's partition costs per item of the whole table on the local stack. A page not
     /// imported yet has no marker, and an id no message had is simply not found.
     pub async fn run_markers(&self, run: &RunItem) -> Result<Vec<(String, PageMarker)>, AwsError> {
-        let ids = run
-            .max_chunks
-            .map_or(u64::MAX, |c| u64::from(c) * u64::from(run.next_page));
-        let Some(chunks) = run.max_chunks.filter(|_| ids <= MAX_MARKERS_BY_KEY) else {
-            return self.markers(&run.run_id).await;
+        let chunks = match run.max_chunks {
+            Some(c) if u64::from(c) * u64::from(run.next_page) <= MAX_MARKERS_BY_KEY => c,
+            _ => return self.markers(&run.run_id).await,
         };
         let pk = format!("P#{}", run.run_id);
         let keys: Vec<(String, String)> = (0..run.next_page)

@@ -211,7 +211,8 @@ impl Store {
         }
     }
 
-    fn key(pk: &str, sk: &str) -> Item {
+    /// An item (or key) of just `pk` and `sk`.
+    pub fn key(pk: &str, sk: &str) -> Item {
         HashMap::from([("pk".to_string(), s(pk)), ("sk".to_string(), s(sk))])
     }
 
@@ -556,12 +557,17 @@ pub struct PersonRef {
     pub name: Option<String>,
 }
 
+impl PersonRef {
+    /// Whether devices are assigned to this person (no status counts as active).
+    pub fn is_active(&self) -> bool {
+        self.status.is_empty() || self.status == "active"
+    }
+}
+
 impl EmailEntry {
     /// The first active person, if any.
     pub fn active(&self) -> Option<(&String, &PersonRef)> {
-        self.persons
-            .iter()
-            .find(|(_, p)| p.status.is_empty() || p.status == "active")
+        self.persons.iter().find(|(_, p)| p.is_active())
     }
 }
 
@@ -839,6 +845,11 @@ impl EmailChange {
     }
 }
 
+/// The item key of an email's index entry.
+pub fn email_key(email: &str) -> (String, String) {
+    (format!("E#{email}"), "#".to_string())
+}
+
 /// The item key of a device noted waiting for an email.
 pub fn waiting_key(email: &str, device: &str) -> (String, String) {
     (format!("E#{email}"), format!("W#{device}"))
@@ -866,27 +877,33 @@ impl Store {
         change: EmailChange,
         absent: bool,
     ) -> Result<(), AwsError> {
-        let pk = format!("E#{email}");
+        let (pk, sk) = email_key(email);
+        let people = change
+            .set_persons
+            .into_iter()
+            .map(|(k, p)| {
+                serde_dynamo::to_attribute_value(&p)
+                    .map(|v| (k, v))
+                    .map_err(|e| AwsError::Item(e.to_string()))
+            })
+            .collect::<Result<Vec<(String, AttributeValue)>, _>>()?;
         if absent
             && change.remove_persons.is_empty()
             && change.remove_waiting.is_empty()
-            && !change.set_persons.is_empty()
-            && change.set_persons.len() <= MAX_PERSONS
+            && !people.is_empty()
+            && people.len() <= MAX_PERSONS
         {
-            let mut m = HashMap::new();
-            for (k, p) in &change.set_persons {
-                let v = serde_dynamo::to_attribute_value(p)
-                    .map_err(|e| AwsError::Item(e.to_string()))?;
-                m.insert(k.clone(), v);
-            }
             let created = self
                 .ddb
                 .update_item()
                 .table_name(&self.table)
-                .set_key(Some(Self::key(&pk, "#")))
+                .set_key(Some(Self::key(&pk, &sk)))
                 .update_expression("SET persons = :m")
                 .condition_expression("attribute_not_exists(persons)")
-                .expression_attribute_values(":m", AttributeValue::M(m))
+                .expression_attribute_values(
+                    ":m",
+                    AttributeValue::M(people.iter().cloned().collect()),
+                )
                 .send()
                 .await;
             match created {
@@ -896,12 +913,8 @@ impl Store {
             }
         }
         // Expressions are limited to 4 KB: at most 40 paths a request.
-        let mut ops: Vec<(u8, String, Option<AttributeValue>)> = Vec::new();
-        for (k, p) in change.set_persons {
-            let v =
-                serde_dynamo::to_attribute_value(&p).map_err(|e| AwsError::Item(e.to_string()))?;
-            ops.push((0, k, Some(v)));
-        }
+        let mut ops: Vec<(u8, String, Option<AttributeValue>)> =
+            people.into_iter().map(|(k, v)| (0, k, Some(v))).collect();
         ops.extend(change.remove_persons.into_iter().map(|k| (1, k, None)));
         ops.extend(change.remove_waiting.into_iter().map(|k| (3, k, None)));
         for chunk in ops.chunks(40) {
@@ -915,7 +928,7 @@ impl Store {
         email: &str,
         mut ops: Vec<(u8, String, Option<AttributeValue>)>,
     ) -> Result<(), AwsError> {
-        let pk = format!("E#{email}");
+        let (pk, sk) = email_key(email);
         for _ in 0..4 {
             if ops.is_empty() {
                 return Ok(());
@@ -926,7 +939,7 @@ impl Store {
                 .ddb
                 .update_item()
                 .table_name(&self.table)
-                .set_key(Some(Self::key(&pk, "#")));
+                .set_key(Some(Self::key(&pk, &sk)));
             let adds_persons = ops.iter().any(|o| o.0 == 0);
             let uses_persons = ops.iter().any(|o| o.0 <= 1);
             let uses_waiting = ops.iter().any(|o| o.0 == 3);
@@ -976,7 +989,7 @@ impl Store {
                 Err(e) => return Err(dyn_err("UpdateItem", e)),
             }
             // Why: no item (or map) yet, or the cap reached.
-            let cur = self.get(&pk, "#").await?;
+            let cur = self.get(&pk, &sk).await?;
             let has = |a: &str| cur.as_ref().is_some_and(|i| i.contains_key(a));
             if uses_waiting && !has("waiting") {
                 // Nothing of the old map is left to remove.
@@ -992,7 +1005,7 @@ impl Store {
                 self.ddb
                     .update_item()
                     .table_name(&self.table)
-                    .set_key(Some(Self::key(&pk, "#")))
+                    .set_key(Some(Self::key(&pk, &sk)))
                     .update_expression("SET persons = if_not_exists(persons, :e)")
                     .expression_attribute_values(":e", AttributeValue::M(HashMap::new()))
                     .send()

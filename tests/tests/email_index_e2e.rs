@@ -13,6 +13,11 @@ use assetsync_tests::faults::Faults;
 use assetsync_tests::harness::{Harness, Options};
 use assetsync_tests::pages::{device, page, person};
 
+/// The local stack with three importer workers, as in production, behind `faults` if any.
+async fn start(faults: Option<Faults>) -> anyhow::Result<Harness> {
+    Harness::start_opts(Options { faults, workers: 3 }, |_| {}).await
+}
+
 /// Import pages all at once; a failed page is imported again until it succeeds.
 async fn import_at_once(h: &Harness, pages: &[PageMessage]) -> anyhow::Result<()> {
     let tries = pages.iter().map(|p| async move {
@@ -69,14 +74,7 @@ async fn assert_assigned(h: &Harness, serial: &str, email: &str) -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pages_finding_one_new_email_all_keep_their_waiting_devices() -> anyhow::Result<()> {
     let faults = Faults::new(11, 0.0);
-    let h = Harness::start_opts(
-        Options {
-            faults: Some(faults.clone()),
-            workers: 3,
-        },
-        |_| {},
-    )
-    .await?;
+    let h = start(Some(faults.clone())).await?;
     // Eight pages of two connections (run twice: without faults, then with throttling,
     // conflicts and 500s before and after applying), each with a device of every email.
     let mut want: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -150,14 +148,7 @@ async fn pages_finding_one_new_email_all_keep_their_waiting_devices() -> anyhow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_person_and_a_device_of_one_new_email_at_once_end_assigned() -> anyhow::Result<()> {
-    let h = Harness::start_opts(
-        Options {
-            faults: None,
-            workers: 3,
-        },
-        |_| {},
-    )
-    .await?;
+    let h = start(None).await?;
     // Rounds of: a device page and a person page for the same new emails, imported at once.
     let mut want = Vec::new();
     for round in 0..12u32 {
@@ -227,14 +218,7 @@ async fn a_person_and_a_device_of_one_new_email_at_once_end_assigned() -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_directories_creating_one_email_at_once_keep_both_people() -> anyhow::Result<()> {
     let faults = Faults::new(5, 0.05);
-    let h = Harness::start_opts(
-        Options {
-            faults: Some(faults.clone()),
-            workers: 3,
-        },
-        |_| {},
-    )
-    .await?;
+    let h = start(Some(faults.clone())).await?;
     // JumpCloud and Entra both know these people (one email, two person records), and both
     // first syncs import at once, each in two pages holding every email.
     let emails: Vec<String> = (0..20).map(|i| format!("both{i}@example.com")).collect();
