@@ -483,13 +483,13 @@ impl Importer {
                         .await?,
                 )
             };
-            let create_until = announced.as_ref().map(|(_, _, u)| *u);
+            let create_until = announced.as_ref().map(|(_, _, _, u)| *u);
             let written: Result<(), SyncError> = async {
                 let mut side: Vec<Item> = Vec::new();
                 // Batch mode: the announced keys still absent are created in BatchWriteItem
                 // calls (records first, then membership and history with the other side items).
                 let mut jobs = jobs;
-                if let Some((_, true, until)) = &announced {
+                if let Some((_, _, true, until)) = &announced {
                     let keys: Vec<String> = create_keys.iter().cloned().collect();
                     // Read again after announcing: a page that finished creating some of these
                     // keys before this announcement withdrew its own, and its records are here.
@@ -634,10 +634,14 @@ impl Importer {
                 Ok(())
             }
             .await;
-            if let Some((intent, _, _)) = &announced {
+            if let Some((intent, slot, _, _)) = &announced {
                 // Withdrawn once this page writes no more creates (also on failure: its retry
                 // announces again).
-                if let Err(e) = self.store.delete_intent(ot.as_str(), &intent.id).await {
+                if let Err(e) = self
+                    .store
+                    .delete_intent(ot.as_str(), *slot, &intent.id)
+                    .await
+                {
                     tracing::warn!(error = %chain(&e), "could not withdraw the page's create announcement; it expires");
                 }
             }
@@ -648,16 +652,20 @@ impl Importer {
             self.store
                 .put_pack(&msg.connection, ot.as_str(), page_id, &pack)
                 .await?;
+            // After the write: a sweep that opened the range since reads this pack by Query.
+            self.store
+                .cover_pack(&msg.connection, ot.as_str(), page_id)
+                .await?;
         }
         Ok((counts, errors, diff))
     }
 
     /// Announce the keys this page is about to create, and say how it may create them: `true`
     /// in batches (unconditional puts), `false` one by one with `attribute_not_exists`; with the
-    /// time until which it may start a create.
+    /// announcement's slot and the time until which it may start a create.
     ///
     /// Why one record per key: every page announces before it reads what to create (the second
-    /// read in batch mode), then reads all announcements. Of two pages creating one key, at least
+    /// read in batch mode), then reads all announcements (every slot, by key). Of two pages creating one key, at least
     /// one sees the other's announcement (each writes before it reads, and an announcement is
     /// withdrawn only after its page's creates are written). A page that sees a live announcement
     /// sharing a key turns conditional (so it never batch-creates) and waits until each sharing
@@ -671,7 +679,7 @@ impl Importer {
         msg: &PageMessage,
         page_id: &str,
         keys: &BTreeSet<String>,
-    ) -> Result<(CreateIntent, bool, Instant), SyncError> {
+    ) -> Result<(CreateIntent, usize, bool, Instant), SyncError> {
         let mut until = Instant::now() + CREATE_WITHIN;
         let mut intent = CreateIntent {
             id: format!(
@@ -684,7 +692,7 @@ impl Importer {
             until_ms: now_ms() + ANNOUNCE_FOR.as_millis() as i64,
             conditional: false,
         };
-        self.store.put_intent(ot.as_str(), &intent).await?;
+        let slot = self.store.claim_intent(ot.as_str(), &intent).await?;
         let now = now_ms();
         let sharing: Vec<CreateIntent> = self
             .store
@@ -694,10 +702,10 @@ impl Importer {
             .filter(|o| o.id != intent.id && o.until_ms > now && !o.keys.is_disjoint(keys))
             .collect();
         if sharing.is_empty() {
-            return Ok((intent, true, until));
+            return Ok((intent, slot, true, until));
         }
         intent.conditional = true;
-        self.store.put_intent(ot.as_str(), &intent).await?;
+        self.store.put_intent(ot.as_str(), slot, &intent).await?;
         let mut open: BTreeSet<String> = sharing
             .iter()
             .filter(|o| !o.conditional)
@@ -737,9 +745,9 @@ impl Importer {
             // The wait ate into the window: extend it while the announcement still stands.
             intent.until_ms = now_ms() + ANNOUNCE_FOR.as_millis() as i64;
             until = Instant::now() + CREATE_WITHIN;
-            self.store.put_intent(ot.as_str(), &intent).await?;
+            self.store.put_intent(ot.as_str(), slot, &intent).await?;
         }
-        Ok((intent, false, until))
+        Ok((intent, slot, false, until))
     }
 
     /// Read the email index entries this page needs: people's emails (to index them and resolve

@@ -1005,7 +1005,9 @@ impl Runs {
         let stale = match known {
             Some(k) => k,
             None => older_packs(
-                self.store.packs(&run.connection, &run.object_type).await?,
+                self.store
+                    .packs_known(&run.connection, &run.object_type, own_pages(run))
+                    .await?,
                 &run.run_id,
             ),
         };
@@ -1210,7 +1212,10 @@ impl Runs {
             .await?
             .unwrap_or_default();
         let before = state.before(&run.run_id);
-        let packs = self.store.packs(&run.connection, &run.object_type).await?;
+        let packs = self
+            .store
+            .packs_known(&run.connection, &run.object_type, own_pages(run))
+            .await?;
         let grace = self.grace(&run.connection, &run.object_type).await?;
         let candidates = incremental_candidates(run, totals, &packs, grace.as_ref(), &before);
         // The membership may reflect a newer run: sweeping with it would mark what that run
@@ -1747,6 +1752,14 @@ pub async fn forget_grace(
 /// Where a connection's grace item lives: beside its guard state.
 fn grace_key(connection: &str, object_type: &str) -> (String, String) {
     (format!("G#{connection}"), format!("{object_type}#grace"))
+}
+
+/// The page ids a run sent (its packs are among them).
+fn own_pages(run: &RunItem) -> crate::store::PackRange {
+    crate::store::PackRange {
+        pages: run.next_page,
+        chunks: run.max_chunks.unwrap_or(1),
+    }
 }
 
 /// The packs of runs before `run_id` (sort key, run): pages that run no longer has.

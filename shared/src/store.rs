@@ -200,6 +200,9 @@ pub fn from_item<T: DeserializeOwned>(mut item: Item) -> Result<T, AwsError> {
 pub struct Store {
     pub ddb: Client,
     pub table: String,
+    /// Pack ranges this process has seen (a range only grows, so a cached one that covers a
+    /// page still does).
+    pack_ranges: std::sync::Arc<std::sync::Mutex<HashMap<String, PackRange>>>,
 }
 
 impl Store {
@@ -208,6 +211,7 @@ impl Store {
         Store {
             ddb,
             table: table.into(),
+            pack_ranges: Default::default(),
         }
     }
 
@@ -621,7 +625,124 @@ impl Store {
         }
     }
 
-    /// All page packs of a connection and object type.
+    /// Every page pack of a connection and object type: by key within its pack range (and
+    /// `at_least`, the reading run's own pages), or by Query where no range is kept yet (a
+    /// register from before ranges) or it spans more than [`MAX_PACKS_BY_KEY`] ids. The Query
+    /// path first opens the range, so each pack is either found by it or covered by a range
+    /// raise its page makes after writing it (see [`Store::cover_pack`]).
+    pub async fn packs_known(
+        &self,
+        connection: &str,
+        object_type: &str,
+        at_least: PackRange,
+    ) -> Result<Vec<(String, crate::pages::Pack)>, AwsError> {
+        let (rpk, rsk) = pack_range_key(connection, object_type);
+        match self.get(&rpk, &rsk).await?.map(|i| PackRange::of(&i)) {
+            Some(r) => {
+                let r = r.union(at_least);
+                if u64::from(r.pages) * u64::from(r.chunks) > MAX_PACKS_BY_KEY {
+                    return self.packs(connection, object_type).await;
+                }
+                let pk = crate::pages::pack_pk(connection, object_type);
+                let keys: Vec<(String, String)> =
+                    r.ids().into_iter().map(|id| (pk.clone(), id)).collect();
+                let mut found: Vec<(String, crate::pages::Pack)> = self
+                    .batch_get(&keys)
+                    .await?
+                    .into_iter()
+                    .map(|((_, sk), i)| (sk, decode_pack(&i)))
+                    .collect();
+                found.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(found)
+            }
+            None => {
+                let opened = self
+                    .ddb
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(PackRange::default().item(&rpk, &rsk)))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .send()
+                    .await;
+                match opened {
+                    Ok(_) => {}
+                    Err(e) if is_condition_failed(&e) => {}
+                    Err(e) => return Err(dyn_err("PutItem", e)),
+                }
+                let found = self.packs(connection, object_type).await?;
+                let mut r = at_least;
+                for (sk, _) in &found {
+                    if let Some(need) = PackRange::covering(sk) {
+                        r = r.union(need);
+                    }
+                }
+                self.raise_pack_range(connection, object_type, r).await?;
+                Ok(found)
+            }
+        }
+    }
+
+    /// After writing the pack of `page_id`: raise the connection's pack range to cover it
+    /// (nothing while no range is kept: the sweep's Query finds every pack then).
+    pub async fn cover_pack(
+        &self,
+        connection: &str,
+        object_type: &str,
+        page_id: &str,
+    ) -> Result<(), AwsError> {
+        let Some(need) = PackRange::covering(page_id) else {
+            return Ok(());
+        };
+        let (rpk, rsk) = pack_range_key(connection, object_type);
+        let cached = self
+            .pack_ranges
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&rpk).copied());
+        if cached.is_some_and(|c| c.covers(need)) {
+            return Ok(());
+        }
+        let Some(r) = self.get(&rpk, &rsk).await?.map(|i| PackRange::of(&i)) else {
+            return Ok(());
+        };
+        if !r.covers(need) {
+            self.raise_pack_range(connection, object_type, need).await?;
+        }
+        if let Ok(mut m) = self.pack_ranges.lock() {
+            m.insert(rpk, r.union(need));
+        }
+        Ok(())
+    }
+
+    /// Raise (never lower) an existing pack range to at least `to`.
+    async fn raise_pack_range(
+        &self,
+        connection: &str,
+        object_type: &str,
+        to: PackRange,
+    ) -> Result<(), AwsError> {
+        let (rpk, rsk) = pack_range_key(connection, object_type);
+        for (attr, v) in [("pages", to.pages), ("chunks", to.chunks)] {
+            let out = self
+                .ddb
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(Self::key(&rpk, &rsk)))
+                .update_expression(format!("SET {attr} = :v"))
+                .condition_expression(format!("attribute_exists(pk) AND {attr} < :v"))
+                .expression_attribute_values(":v", n(v))
+                .send()
+                .await;
+            match out {
+                Ok(_) => {}
+                Err(e) if is_condition_failed(&e) => {}
+                Err(e) => return Err(dyn_err("UpdateItem", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// All page packs of a connection and object type (a Query).
     pub async fn packs(
         &self,
         connection: &str,
@@ -687,12 +808,80 @@ impl Store {
     }
 }
 
-/// A page's announcement that it is about to create records with these keys (`I#<Type>` /
-/// `<connection>#<run>#<page>#<nonce>`). Creates are written in batches (unconditionally) only by
-/// a page that, after announcing, saw no other live announcement sharing a key; see
+/// Past this many page ids, packs are read by Query rather than by key.
+pub const MAX_PACKS_BY_KEY: u64 = 5_000;
+
+/// Where a connection's pack range lives: beside its guard state and grace.
+fn pack_range_key(connection: &str, object_type: &str) -> (String, String) {
+    (format!("G#{connection}"), format!("{object_type}#packs"))
+}
+
+/// The page ids (`{page:06}.{chunk:03}`) under which every pack of a connection and object
+/// type lies: pages below `pages`, chunks below `chunks`. It only ever grows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackRange {
+    pub pages: u32,
+    pub chunks: u32,
+}
+
+impl PackRange {
+    /// The smallest range holding one page id.
+    pub fn covering(page_id: &str) -> Option<PackRange> {
+        let (p, c) = page_id.split_once('.')?;
+        Some(PackRange {
+            pages: p.parse::<u32>().ok()?.checked_add(1)?,
+            chunks: c.parse::<u32>().ok()?.checked_add(1)?,
+        })
+    }
+
+    /// Whether every id of `other` lies in this range.
+    pub fn covers(&self, other: PackRange) -> bool {
+        self.pages >= other.pages && self.chunks >= other.chunks
+    }
+
+    /// The range holding both.
+    pub fn union(self, other: PackRange) -> PackRange {
+        PackRange {
+            pages: self.pages.max(other.pages),
+            chunks: self.chunks.max(other.chunks),
+        }
+    }
+
+    /// Every page id of the range.
+    pub fn ids(&self) -> Vec<String> {
+        (0..self.pages)
+            .flat_map(|p| (0..self.chunks).map(move |c| format!("{p:06}.{c:03}")))
+            .collect()
+    }
+
+    fn of(item: &Item) -> PackRange {
+        let num = |k: &str| {
+            item.get(k)
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        PackRange {
+            pages: num("pages"),
+            chunks: num("chunks"),
+        }
+    }
+
+    fn item(&self, pk: &str, sk: &str) -> Item {
+        let mut i = Store::key(pk, sk);
+        i.insert("pages".into(), n(self.pages));
+        i.insert("chunks".into(), n(self.chunks));
+        i
+    }
+}
+
+/// A page's announcement that it is about to create records with these keys, in one of the
+/// object type's slots (`I#<Type>` / `slot#NN`). Creates are written in batches (unconditionally)
+/// only by a page that, after announcing, saw no other live announcement sharing a key; see
 /// `Importer::announce_creates` for the protocol and why it keeps one record per key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateIntent {
+    /// `<connection>#<run>#<page>#<nonce>`.
     pub id: String,
     pub keys: std::collections::BTreeSet<String>,
     /// Epoch milliseconds after which the announcing page writes no create any more.
@@ -706,41 +895,109 @@ pub fn intent_pk(object_type: &str) -> String {
     format!("I#{object_type}")
 }
 
+/// Announcement slots per object type: far more than pages ever create at once (the importer
+/// runs up to 5 × 4 pages; other connections and the console add a few). Fixed keys let every
+/// page read all announcements with one BatchGetItem instead of a Query.
+pub const INTENT_SLOTS: usize = 64;
+
+/// The sort key of announcement slot `i`.
+fn intent_slot(i: usize) -> String {
+    format!("slot#{i:02}")
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
 impl Store {
-    /// Write (or rewrite) a create announcement. It carries a TTL: a crashed page's goes away.
-    pub async fn put_intent(&self, object_type: &str, i: &CreateIntent) -> Result<(), AwsError> {
-        let keys: Vec<&str> = i.keys.iter().map(String::as_str).collect();
-        self.ddb
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(intent_pk(object_type)))
-            .item("sk", s(&i.id))
-            .item("k", s(keys.join("\n")))
-            .item("until", n(i.until_ms))
-            .item("cond", AttributeValue::Bool(i.conditional))
-            .item("expires_at", n(i.until_ms / 1000 + 3600))
+    /// Announce in a free slot (empty, or its page's announcement lapsed); returns the slot.
+    /// Every slot taken means far more pages create at once than the importer runs: an error,
+    /// and the page is retried.
+    pub async fn claim_intent(
+        &self,
+        object_type: &str,
+        i: &CreateIntent,
+    ) -> Result<usize, AwsError> {
+        let first =
+            i.id.bytes()
+                .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        for step in 0..INTENT_SLOTS {
+            let slot = (first + step) % INTENT_SLOTS;
+            let out = self
+                .intent_put(object_type, slot, i)
+                // A lapsed announcement's page starts no create any more; a slot holding this
+                // very announcement is one a retried request already claimed.
+                .condition_expression("attribute_not_exists(pk) OR #until < :now OR iid = :id")
+                .expression_attribute_names("#until", "until")
+                .expression_attribute_values(":now", n(now_ms()))
+                .expression_attribute_values(":id", s(&i.id))
+                .send()
+                .await;
+            match out {
+                Ok(_) => return Ok(slot),
+                Err(e) if is_condition_failed(&e) => continue,
+                Err(e) => return Err(dyn_err("PutItem", e)),
+            }
+        }
+        Err(AwsError::Dynamo {
+            op: "PutItem",
+            detail: format!(
+                "all {INTENT_SLOTS} create announcement slots of {object_type} are taken"
+            ),
+        })
+    }
+
+    /// Rewrite this page's announcement in its slot (still its own: a page gives up before its
+    /// announcement can lapse).
+    pub async fn put_intent(
+        &self,
+        object_type: &str,
+        slot: usize,
+        i: &CreateIntent,
+    ) -> Result<(), AwsError> {
+        self.intent_put(object_type, slot, i)
+            .condition_expression("iid = :id")
+            .expression_attribute_values(":id", s(&i.id))
             .send()
             .await
             .map_err(|e| dyn_err("PutItem", e))?;
         Ok(())
     }
 
-    /// Every create announcement of an object type (strongly consistent).
+    fn intent_put(
+        &self,
+        object_type: &str,
+        slot: usize,
+        i: &CreateIntent,
+    ) -> aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder {
+        let keys: Vec<&str> = i.keys.iter().map(String::as_str).collect();
+        self.ddb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(intent_pk(object_type)))
+            .item("sk", s(intent_slot(slot)))
+            .item("iid", s(&i.id))
+            .item("k", s(keys.join("\n")))
+            .item("until", n(i.until_ms))
+            .item("cond", AttributeValue::Bool(i.conditional))
+            // A crashed page's announcement goes away (and lapses long before).
+            .item("expires_at", n(i.until_ms / 1000 + 3600))
+    }
+
+    /// Every create announcement of an object type (its slots, strongly consistent).
     pub async fn intents(&self, object_type: &str) -> Result<Vec<CreateIntent>, AwsError> {
-        let items = self
-            .query(&intent_pk(object_type), None, false, None)
-            .await?;
-        Ok(items
-            .iter()
+        let pk = intent_pk(object_type);
+        let keys: Vec<(String, String)> = (0..INTENT_SLOTS)
+            .map(|i| (pk.clone(), intent_slot(i)))
+            .collect();
+        let items = self.batch_get(&keys).await?;
+        let mut out: Vec<CreateIntent> = items
+            .values()
             .map(|i| {
                 let get = |k: &str| i.get(k).and_then(|v| v.as_s().ok()).cloned();
                 CreateIntent {
-                    id: get("sk").unwrap_or_default(),
+                    id: get("iid").unwrap_or_default(),
                     keys: get("k")
                         .unwrap_or_default()
                         .split('\n')
@@ -759,12 +1016,20 @@ impl Store {
                         .unwrap_or(true),
                 }
             })
-            .collect())
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
     }
 
-    /// Withdraw a create announcement (its page wrote all it will write).
-    pub async fn delete_intent(&self, object_type: &str, id: &str) -> Result<(), AwsError> {
-        self.delete(&intent_pk(object_type), id, None)
+    /// Withdraw a create announcement (its page wrote all it will write), if still its own.
+    pub async fn delete_intent(
+        &self,
+        object_type: &str,
+        slot: usize,
+        id: &str,
+    ) -> Result<(), AwsError> {
+        let cond = ("iid = :id", vec![(":id", s(id))]);
+        self.delete(&intent_pk(object_type), &intent_slot(slot), Some(cond))
             .await
             .map(|_| ())
     }
@@ -1040,6 +1305,37 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pack_range_covers_the_ids_it_was_raised_for() {
+        let a = PackRange::covering("000012.003").expect("an id");
+        assert_eq!(
+            a,
+            PackRange {
+                pages: 13,
+                chunks: 4
+            }
+        );
+        let b = PackRange::covering("000002.000").expect("an id");
+        assert!(a.covers(b) && !b.covers(a));
+        let u = b.union(PackRange {
+            pages: 1,
+            chunks: 2,
+        });
+        assert_eq!(
+            u.ids(),
+            [
+                "000000.000",
+                "000000.001",
+                "000001.000",
+                "000001.001",
+                "000002.000",
+                "000002.001"
+            ]
+        );
+        assert_eq!(PackRange::covering("garbage"), None);
+        assert_eq!(PackRange::covering("1.x"), None);
+    }
     use aws_sdk_dynamodb::operation::put_item::PutItemError;
     use aws_smithy_runtime_api::client::interceptors::context::{Input, InterceptorContext};
     use aws_smithy_runtime_api::client::orchestrator::HttpResponse;

@@ -47,7 +47,8 @@ pub struct Counts {
     /// Write requests by the kind of item they touch (`R`, `H`, `E`, `M`, `F`, `P`, `RUN`, ...;
     /// a request touching several kinds counts once for each).
     pub writes_by_kind: HashMap<String, u64>,
-    /// Capacity units DynamoDB reported consumed (`ReturnConsumedCapacity: TOTAL`).
+    /// Read and write request units as DynamoDB bills them, from the sizes of the items read and
+    /// written ([`crate::capacity`]; moto's own figure is one unit per request whatever the size).
     pub read_units: f64,
     pub write_units: f64,
     /// Read and write requests.
@@ -57,6 +58,99 @@ pub struct Counts {
     pub queries_by_kind: HashMap<String, u64>,
     /// GetItem and BatchGetItem requests by the kind of item they read (as `writes_by_kind`).
     pub reads_by_kind: HashMap<String, u64>,
+    /// Write units by the kind of item written (puts as sized; updates and deletes as billed).
+    pub write_units_by_kind: HashMap<String, f64>,
+    /// Read units by operation.
+    pub read_units_by_op: HashMap<String, f64>,
+    /// Seconds spent in each operation, retries included (summed over concurrent calls).
+    pub secs_by_op: HashMap<String, f64>,
+}
+
+/// When an operation started (kept in its config bag between interceptor hooks).
+#[derive(Debug, Clone)]
+struct Started(std::time::Instant, String);
+
+impl aws_smithy_types::config_bag::Storable for Started {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+}
+
+/// What a request will cost, as far as its input tells (kept between interceptor hooks).
+#[derive(Debug, Clone, Default)]
+struct Billing {
+    /// Write units of the items the request puts or deletes.
+    write_units: f64,
+    /// Whether its reads are strongly consistent.
+    consistent: bool,
+    /// Keys a BatchGetItem asks for.
+    keys: usize,
+    /// The write units of the input's puts by kind of item, and the one kind an update or
+    /// delete touches.
+    by_kind: Vec<(String, f64)>,
+    /// The operation.
+    op: String,
+}
+
+impl aws_smithy_types::config_bag::Storable for Billing {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
+}
+
+/// Write units of one BatchWriteItem entry (a delete's old size is unknown: one unit).
+fn entry_units(r: &aws_sdk_dynamodb::types::WriteRequest) -> f64 {
+    r.put_request()
+        .map(|p| crate::capacity::write_units(crate::capacity::item_size(p.item())))
+        .unwrap_or(1.0)
+}
+
+/// What the input of a request says it will cost.
+fn billing_of(input: &aws_smithy_runtime_api::client::interceptors::context::Input) -> Billing {
+    use crate::capacity::{item_size, write_units};
+    use aws_sdk_dynamodb::operation::{
+        batch_get_item::BatchGetItemInput, get_item::GetItemInput, query::QueryInput,
+    };
+    let mut b = Billing::default();
+    if let Some(i) = input.downcast_ref::<PutItemInput>() {
+        b.write_units = write_units(i.item().map(item_size).unwrap_or(0));
+        b.by_kind
+            .extend(kind_of(i.item()).map(|k| (k, b.write_units)));
+    } else if let Some(i) = input.downcast_ref::<UpdateItemInput>() {
+        b.by_kind.extend(kind_of(i.key()).map(|k| (k, 0.0)));
+    } else if let Some(i) = input.downcast_ref::<DeleteItemInput>() {
+        b.by_kind.extend(kind_of(i.key()).map(|k| (k, 0.0)));
+    } else if let Some(i) = input.downcast_ref::<BatchWriteItemInput>() {
+        for r in i
+            .request_items()
+            .map(|m| m.values())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let kind = kind_of(r.put_request().map(|p| p.item()))
+                .or_else(|| kind_of(r.delete_request().map(|d| d.key())));
+            b.by_kind.extend(kind.map(|k| (k, entry_units(r))));
+        }
+        b.write_units = b.by_kind.iter().map(|(_, u)| u).sum();
+    } else if let Some(i) = input.downcast_ref::<TransactWriteItemsInput>() {
+        // Twice the standard units; an update's size is unknown here, one unit.
+        b.write_units = 2.0
+            * i.transact_items()
+                .iter()
+                .map(|t| {
+                    t.put()
+                        .map(|p| write_units(item_size(p.item())))
+                        .unwrap_or(1.0)
+                })
+                .sum::<f64>();
+    } else if let Some(i) = input.downcast_ref::<GetItemInput>() {
+        b.consistent = i.consistent_read() == Some(true);
+    } else if let Some(i) = input.downcast_ref::<BatchGetItemInput>() {
+        if let Some(m) = i.request_items() {
+            b.consistent = m.values().any(|ka| ka.consistent_read() == Some(true));
+            b.keys = m.values().map(|ka| ka.keys().len()).sum();
+        }
+    } else if let Some(i) = input.downcast_ref::<QueryInput>() {
+        b.consistent = i.consistent_read() == Some(true);
+    }
+    b
 }
 
 impl Counts {
@@ -139,6 +233,11 @@ impl Intercept for DynamoCounter {
             .map(|m| m.name().to_string())
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| op_name(input));
+        cfg.interceptor_state()
+            .store_put(Started(std::time::Instant::now(), op.clone()));
+        let mut billing = billing_of(input);
+        billing.op = op.clone();
+        cfg.interceptor_state().store_put(billing);
         let mut pks: Vec<String> = Vec::new();
         let mut kinds: Vec<String> = Vec::new();
         let mut write = true;
@@ -241,6 +340,20 @@ impl Intercept for DynamoCounter {
         Ok(())
     }
 
+    fn read_after_execution(
+        &self,
+        _ctx: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
+        _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(Started(at, op)) = cfg.load::<Started>().cloned() {
+            if let Ok(mut c) = self.0.lock() {
+                *c.secs_by_op.entry(op).or_default() += at.elapsed().as_secs_f64();
+            }
+        }
+        Ok(())
+    }
+
     fn modify_before_serialization(
         &self,
         ctx: &mut aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextMut<'_>,
@@ -257,8 +370,15 @@ impl Intercept for DynamoCounter {
             i.return_consumed_capacity = total;
         } else if let Some(i) = input.downcast_mut::<UpdateItemInput>() {
             i.return_consumed_capacity = total;
+            // The item's size after the update bills it; callers that ask nothing get it.
+            if i.return_values.is_none() {
+                i.return_values = Some(aws_sdk_dynamodb::types::ReturnValue::AllNew);
+            }
         } else if let Some(i) = input.downcast_mut::<DeleteItemInput>() {
             i.return_consumed_capacity = total;
+            if i.return_values.is_none() {
+                i.return_values = Some(aws_sdk_dynamodb::types::ReturnValue::AllOld);
+            }
         } else if let Some(i) = input.downcast_mut::<BatchWriteItemInput>() {
             i.return_consumed_capacity = total;
         } else if let Some(i) = input.downcast_mut::<TransactWriteItemsInput>() {
@@ -277,47 +397,88 @@ impl Intercept for DynamoCounter {
         &self,
         ctx: &aws_smithy_runtime_api::client::interceptors::context::AfterDeserializationInterceptorContextRef<'_>,
         _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
-        _cfg: &mut ConfigBag,
+        cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        use crate::capacity::{item_size, read_units, write_units};
         use aws_sdk_dynamodb::operation::{
             batch_get_item::BatchGetItemOutput, batch_write_item::BatchWriteItemOutput,
             delete_item::DeleteItemOutput, get_item::GetItemOutput, put_item::PutItemOutput,
             query::QueryOutput, transact_write_items::TransactWriteItemsOutput,
             update_item::UpdateItemOutput,
         };
-        use aws_sdk_dynamodb::types::ConsumedCapacity;
-        let Ok(out) = ctx.output_or_error() else {
-            return Ok(());
-        };
-        let units =
-            |c: Option<&ConsumedCapacity>| c.and_then(|c| c.capacity_units()).unwrap_or(0.0);
-        let sum = |cs: &[ConsumedCapacity]| {
-            cs.iter()
-                .map(|c| c.capacity_units().unwrap_or(0.0))
-                .sum::<f64>()
-        };
-        let (r, w) = if let Some(o) = out.downcast_ref::<PutItemOutput>() {
-            (0.0, units(o.consumed_capacity()))
-        } else if let Some(o) = out.downcast_ref::<UpdateItemOutput>() {
-            (0.0, units(o.consumed_capacity()))
-        } else if let Some(o) = out.downcast_ref::<DeleteItemOutput>() {
-            (0.0, units(o.consumed_capacity()))
-        } else if let Some(o) = out.downcast_ref::<BatchWriteItemOutput>() {
-            (0.0, sum(o.consumed_capacity()))
-        } else if let Some(o) = out.downcast_ref::<TransactWriteItemsOutput>() {
-            (0.0, sum(o.consumed_capacity()))
-        } else if let Some(o) = out.downcast_ref::<GetItemOutput>() {
-            (units(o.consumed_capacity()), 0.0)
-        } else if let Some(o) = out.downcast_ref::<BatchGetItemOutput>() {
-            (sum(o.consumed_capacity()), 0.0)
-        } else if let Some(o) = out.downcast_ref::<QueryOutput>() {
-            (units(o.consumed_capacity()), 0.0)
-        } else {
-            (0.0, 0.0)
+        let b = cfg.load::<Billing>().cloned().unwrap_or_default();
+        let (r, w) = match ctx.output_or_error() {
+            // A failed condition still bills the write (its size unknown here: one unit);
+            // throttled and failed requests bill nothing.
+            Err(e) => {
+                let failed_condition = format!("{e:?}").contains("ConditionalCheckFailed");
+                (0.0, if failed_condition { 1.0 } else { 0.0 })
+            }
+            Ok(out) => {
+                let sized = |a: Option<&HashMap<String, AttributeValue>>| {
+                    write_units(a.map(item_size).unwrap_or(0))
+                };
+                if out.downcast_ref::<PutItemOutput>().is_some()
+                    || out.downcast_ref::<TransactWriteItemsOutput>().is_some()
+                {
+                    (0.0, b.write_units)
+                } else if let Some(o) = out.downcast_ref::<UpdateItemOutput>() {
+                    (0.0, sized(o.attributes()))
+                } else if let Some(o) = out.downcast_ref::<DeleteItemOutput>() {
+                    (0.0, sized(o.attributes()))
+                } else if let Some(o) = out.downcast_ref::<BatchWriteItemOutput>() {
+                    let unprocessed: f64 = o
+                        .unprocessed_items()
+                        .map(|m| m.values().flatten().map(entry_units).sum())
+                        .unwrap_or(0.0);
+                    (0.0, b.write_units - unprocessed)
+                } else if let Some(o) = out.downcast_ref::<GetItemOutput>() {
+                    (
+                        read_units(o.item().map(item_size).unwrap_or(0), b.consistent),
+                        0.0,
+                    )
+                } else if let Some(o) = out.downcast_ref::<BatchGetItemOutput>() {
+                    let found: Vec<usize> = o
+                        .responses()
+                        .map(|m| m.values().flatten().map(item_size).collect())
+                        .unwrap_or_default();
+                    let unprocessed: usize = o
+                        .unprocessed_keys()
+                        .map(|m| m.values().map(|ka| ka.keys().len()).sum())
+                        .unwrap_or(0);
+                    // Each key is a read of its own; a key not found bills the minimum.
+                    let absent = b.keys.saturating_sub(found.len() + unprocessed);
+                    let units = found
+                        .iter()
+                        .map(|n| read_units(*n, b.consistent))
+                        .sum::<f64>()
+                        + absent as f64 * read_units(0, b.consistent);
+                    (units, 0.0)
+                } else if let Some(o) = out.downcast_ref::<QueryOutput>() {
+                    // One sum over the page (what a projection or filter left out is not seen).
+                    let bytes = o.items().iter().map(item_size).sum();
+                    (read_units(bytes, b.consistent), 0.0)
+                } else {
+                    (0.0, 0.0)
+                }
+            }
         };
         if let Ok(mut c) = self.0.lock() {
             c.read_units += r;
             c.write_units += w;
+            if r > 0.0 {
+                *c.read_units_by_op.entry(b.op.clone()).or_default() += r;
+            }
+            // Puts as sized in the input; an update or delete as billed.
+            match b.by_kind.as_slice() {
+                [(k, _)] => *c.write_units_by_kind.entry(k.clone()).or_default() += w,
+                many if w > 0.0 => {
+                    for (k, u) in many {
+                        *c.write_units_by_kind.entry(k.clone()).or_default() += u;
+                    }
+                }
+                _ => {}
+            }
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! End-to-end test support for assetsync: vendor simulators and the local AWS stack.
 
+pub mod capacity;
 pub mod cli;
 pub mod faults;
 pub mod harness;
