@@ -222,7 +222,7 @@ pub async fn history(
         .await?;
     items
         .into_iter()
-        .map(|i| from_item(i).map_err(ConsoleError::from))
+        .map(|i| HistoryEntry::from_item(i).map_err(ConsoleError::from))
         .collect()
 }
 
@@ -349,10 +349,9 @@ pub fn hand_history_item(
     key: &str,
     entry: &HistoryEntry,
 ) -> Result<crate::store::Item, AwsError> {
-    to_item(
+    entry.to_item(
         &record_pk(object_type, key),
         &format!("H#{}#{HAND_RUN}#{HAND_PAGE}#{}", entry.at, entry.action),
-        entry,
     )
 }
 

@@ -1494,6 +1494,69 @@ pub struct HistoryEntry {
     pub changes: Vec<Change>,
 }
 
+/// How a history entry is stored. A create's entry sets every attribute from nothing: those are
+/// kept as one map of attribute → value (`set`), a quarter of the attributes of a change list
+/// (each change is a map of three). Other entries, and entries stored before, keep the list.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HistoryRepr {
+    at: String,
+    connection: String,
+    run_id: String,
+    action: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    changes: Vec<Change>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    set: BTreeMap<String, String>,
+}
+
+impl HistoryEntry {
+    /// The entry as a table item (see [`HistoryRepr`]).
+    pub fn to_item(&self, pk: &str, sk: &str) -> Result<Item, AwsError> {
+        // Only a list in attribute order with no old value reads back as the same list.
+        let as_set = !self.changes.is_empty()
+            && self.changes.iter().all(|c| c.old.is_none())
+            && self.changes.windows(2).all(|w| w[0].attr < w[1].attr);
+        let repr = HistoryRepr {
+            at: self.at.clone(),
+            connection: self.connection.clone(),
+            run_id: self.run_id.clone(),
+            action: self.action.clone(),
+            changes: if as_set {
+                Vec::new()
+            } else {
+                self.changes.clone()
+            },
+            set: if as_set {
+                self.changes
+                    .iter()
+                    .map(|c| (c.attr.clone(), c.new.clone()))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            },
+        };
+        to_item(pk, sk, &repr)
+    }
+
+    /// An entry read from the table, in either stored form.
+    pub fn from_item(item: Item) -> Result<HistoryEntry, AwsError> {
+        let r: HistoryRepr = crate::store::from_item(item)?;
+        let mut changes = r.changes;
+        changes.extend(r.set.into_iter().map(|(attr, new)| Change {
+            attr,
+            old: None,
+            new,
+        }));
+        Ok(HistoryEntry {
+            at: r.at,
+            connection: r.connection,
+            run_id: r.run_id,
+            action: r.action,
+            changes,
+        })
+    }
+}
+
 pub fn history_item(
     ot: ObjectType,
     key: &str,
@@ -1510,9 +1573,57 @@ pub fn history_item(
         action: action.to_string(),
         changes: changes.to_vec(),
     };
-    to_item(
+    entry.to_item(
         &record_pk(ot.as_str(), key),
         &format!("H#{ts}#{}#{page_id}#{action}", w.run_id),
-        &entry,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(changes: Vec<Change>) -> HistoryEntry {
+        HistoryEntry {
+            at: "2026-12-03T10:00:00Z".into(),
+            connection: "jamf-prod".into(),
+            run_id: "run1".into(),
+            action: "created".into(),
+            changes,
+        }
+    }
+
+    fn change(attr: &str, old: Option<&str>, new: &str) -> Change {
+        Change {
+            attr: attr.into(),
+            old: old.map(str::to_string),
+            new: new.into(),
+        }
+    }
+
+    #[test]
+    fn history_entries_read_back_as_written_in_either_form() {
+        let created = entry(vec![
+            change("Model", None, "Mac mini"),
+            change("Name", None, "Bob's Mac mini"),
+        ]);
+        let item = created.to_item("R#Hardware#C02", "H#x").expect("item");
+        assert!(item.contains_key("set") && !item.contains_key("changes"));
+        assert_eq!(HistoryEntry::from_item(item).expect("read"), created);
+
+        // Old values, or an order the map would not keep: the list as it is.
+        for changes in [
+            vec![change("Name", Some("a"), "b"), change("Model", None, "c")],
+            vec![change("Name", None, "b"), change("Model", None, "c")],
+        ] {
+            let e = entry(changes);
+            let item = e.to_item("R#Hardware#C02", "H#x").expect("item");
+            assert!(!item.contains_key("set"));
+            assert_eq!(HistoryEntry::from_item(item).expect("read"), e);
+        }
+
+        // An entry stored before (a list, no `set`) reads as before.
+        let item = crate::store::to_item("R#Hardware#C02", "H#x", &created).expect("old");
+        assert_eq!(HistoryEntry::from_item(item).expect("read old"), created);
+    }
 }

@@ -33,7 +33,7 @@ use crate::event::ConnectionEvent;
 use crate::importer::HistoryEntry;
 use crate::register::{Change, Provenance, Reverted, SourceRef, StoredRecord, HAND};
 use crate::runs::{member_item, new_token, now, Member, PageTotals, RunItem, Runs, Start};
-use crate::store::{dyn_err, from_item, is_condition_failed, n, record_pk, s, to_item, Store};
+use crate::store::{dyn_err, from_item, is_condition_failed, n, record_pk, s, Store};
 use crate::summary::{Counts, RecordError, RevertCounts};
 
 /// The pseudo attribute of a record's reverted mark (its value: the mark as JSON).
@@ -339,7 +339,7 @@ async fn run_history(
                     .unwrap_or_default()
             };
             let (pk, sk) = (get("pk"), get("sk"));
-            let entry: HistoryEntry = from_item(item)?;
+            let entry = HistoryEntry::from_item(item)?;
             rows.push((pk, sk, entry));
         }
         match page.last_evaluated_key {
@@ -645,17 +645,19 @@ async fn apply(runs: &Runs, run: &RunItem, me: &RunItem) -> Result<RevertReport,
                 // Devices are assigned through the email index: keep it in step, as a hand edit does.
                 crate::console::reindex_person(store, &before, &after).await?;
             }
-            history.push(to_item(
-                &record_pk(ot, key),
-                &format!("H#{ts}#{}#revert#reverted", me.run_id),
-                &HistoryEntry {
+            history.push(
+                HistoryEntry {
                     at: ts.clone(),
                     connection: run.connection.clone(),
                     run_id: me.run_id.clone(),
                     action: "reverted".into(),
                     changes: changes.clone(),
-                },
-            )?);
+                }
+                .to_item(
+                    &record_pk(ot, key),
+                    &format!("H#{ts}#{}#revert#reverted", me.run_id),
+                )?,
+            );
             for c in before.src.keys().chain(after.src.keys()) {
                 stale
                     .entry((c.clone(), ot.clone()))
