@@ -457,8 +457,8 @@ async fn write_path(n: usize) -> anyhow::Result<()> {
         sorted(&c_first.read_units_by_op)
     );
     eprintln!(
-        "first {:?}\nunchanged {:?}\nchanged {:?}\ncheck-ins {:?}\nwrites by kind (first) {:?}\nby op (first) {:?}\nsecs by op (first) {:?}\nqueries by partition kind (first) {:?}, (unchanged) {:?}",
-        first.counts, s2.counts, s3.counts, s4.counts, c_first.writes_by_kind, c_first.by_op, c_first.secs_by_op, c_first.queries_by_kind, c_unchanged.queries_by_kind
+        "first {:?}\nunchanged {:?}\nchanged {:?}\ncheck-ins {:?}\nwrites by kind (first) {:?}\nby op (first) {:?}\nsecs by op (first) {:?}\nqueries by partition kind (first) {:?}, (unchanged) {:?}\nby op (unchanged) {:?}\nreads by kind (unchanged) {:?}\nwrites by kind (unchanged) {:?}",
+        first.counts, s2.counts, s3.counts, s4.counts, c_first.writes_by_kind, c_first.by_op, c_first.secs_by_op, c_first.queries_by_kind, c_unchanged.queries_by_kind, c_unchanged.by_op, c_unchanged.reads_by_kind, c_unchanged.writes_by_kind
     );
     Ok(())
 }
