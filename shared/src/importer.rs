@@ -652,7 +652,7 @@ impl Importer {
             self.store
                 .put_pack(&msg.connection, ot.as_str(), page_id, &pack)
                 .await?;
-            // After the write: a sweep that opened the range since reads this pack by Query.
+            // The range is raised after the pack is written: `Store::packs_known` says why.
             self.store
                 .cover_pack(&msg.connection, ot.as_str(), page_id)
                 .await?;
@@ -665,14 +665,15 @@ impl Importer {
     /// announcement's slot and the time until which it may start a create.
     ///
     /// Why one record per key: every page announces before it reads what to create (the second
-    /// read in batch mode), then reads all announcements (every slot, by key). Of two pages creating one key, at least
-    /// one sees the other's announcement (each writes before it reads, and an announcement is
-    /// withdrawn only after its page's creates are written). A page that sees a live announcement
-    /// sharing a key turns conditional (so it never batch-creates) and waits until each sharing
-    /// page is conditional too, gone or lapsed: a batch-creating page therefore saw nobody, and
-    /// everybody creating its keys either writes after its batch is done (and finds the records)
-    /// or creates conditionally after the second read. Lapse is safe because a page starts no
-    /// create after [`CREATE_WITHIN`], long before [`ANNOUNCE_FOR`] ends.
+    /// read in batch mode), then reads all announcements (every slot, by key). Of two pages
+    /// creating one key, at least one sees the other's announcement (each writes before it
+    /// reads, and an announcement is withdrawn only after its page's creates are written). A page
+    /// that sees a live announcement sharing a key turns conditional (so it never batch-creates)
+    /// and waits until each sharing page is conditional too, gone or lapsed: a batch-creating page
+    /// therefore saw nobody, and everybody creating its keys either writes after its batch is
+    /// done (and finds the records) or creates conditionally after the second read. Lapse is safe
+    /// because a page starts no create after [`CREATE_WITHIN`], long before [`ANNOUNCE_FOR`]
+    /// ends.
     async fn announce_creates(
         &self,
         ot: ObjectType,
