@@ -179,8 +179,13 @@ pub struct PageMessage {
 impl PageMessage {
     /// The id of this message within its run, stable across redeliveries and re-fetches.
     pub fn page_id(&self) -> String {
-        format!("{:06}.{:03}", self.page, self.chunk)
+        page_id(self.page, self.chunk)
     }
+}
+
+/// The id of a page's chunk within its run: the sort key of its marker and of its pack.
+pub fn page_id(page: u32, chunk: u32) -> String {
+    format!("{page:06}.{chunk:03}")
 }
 
 #[cfg(test)]

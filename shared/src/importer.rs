@@ -654,7 +654,7 @@ impl Importer {
                 .await?;
             // The range is raised after the pack is written: `Store::packs_known` says why.
             self.store
-                .cover_pack(&msg.connection, ot.as_str(), page_id)
+                .cover_pack(&msg.connection, ot.as_str(), msg.page, msg.chunk)
                 .await?;
         }
         Ok((counts, errors, diff))
@@ -1517,24 +1517,19 @@ impl HistoryEntry {
         let as_set = !self.changes.is_empty()
             && self.changes.iter().all(|c| c.old.is_none())
             && self.changes.windows(2).all(|w| w[0].attr < w[1].attr);
+        let (changes, set) = if as_set {
+            let set = self.changes.iter().map(|c| (c.attr.clone(), c.new.clone()));
+            (Vec::new(), set.collect())
+        } else {
+            (self.changes.clone(), BTreeMap::new())
+        };
         let repr = HistoryRepr {
             at: self.at.clone(),
             connection: self.connection.clone(),
             run_id: self.run_id.clone(),
             action: self.action.clone(),
-            changes: if as_set {
-                Vec::new()
-            } else {
-                self.changes.clone()
-            },
-            set: if as_set {
-                self.changes
-                    .iter()
-                    .map(|c| (c.attr.clone(), c.new.clone()))
-                    .collect()
-            } else {
-                BTreeMap::new()
-            },
+            changes,
+            set,
         };
         to_item(pk, sk, &repr)
     }

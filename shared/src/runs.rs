@@ -248,9 +248,6 @@ const GRACE_BYTES: usize = 200_000;
 /// How long the incremental sweep runs before a full one.
 const FULL_SWEEP_EVERY_HOURS: i64 = 24;
 
-/// Most marker ids a run's markers are read by key (past this, by Query: 50 BatchGetItem calls).
-const MAX_MARKERS_BY_KEY: u64 = 5_000;
-
 /// The connection's lease item (`L#<connection>` / `#`): which run is the connection's current
 /// one. It has no expiry of its own: whether that run is alive is read from the run item's
 /// `owner_until` (never the table's TTL attribute, which may delete it at any time).
@@ -350,15 +347,19 @@ impl Runs {
     /// of the run's partition costs per item of the whole table on the local stack. A page not
     /// imported yet has no marker, and an id no message had is simply not found.
     pub async fn run_markers(&self, run: &RunItem) -> Result<Vec<(String, PageMarker)>, AwsError> {
-        let chunks = match run.max_chunks {
-            Some(c) if u64::from(c) * u64::from(run.next_page) <= MAX_MARKERS_BY_KEY => c,
-            _ => return self.markers(&run.run_id).await,
+        let sent = match run.max_chunks {
+            Some(chunks) => crate::store::PageRange {
+                pages: run.next_page,
+                chunks,
+            },
+            None => return self.markers(&run.run_id).await,
         };
+        if sent.len() > crate::store::MAX_IDS_BY_KEY {
+            return self.markers(&run.run_id).await;
+        }
         let pk = format!("P#{}", run.run_id);
-        let keys: Vec<(String, String)> = (0..run.next_page)
-            .flat_map(|p| (0..chunks).map(move |c| (p, c)))
-            .map(|(p, c)| (pk.clone(), format!("{p:06}.{c:03}")))
-            .collect();
+        let keys: Vec<(String, String)> =
+            sent.ids().into_iter().map(|id| (pk.clone(), id)).collect();
         let mut found: Vec<(String, PageMarker)> = self
             .store
             .batch_get(&keys)
@@ -1755,8 +1756,8 @@ fn grace_key(connection: &str, object_type: &str) -> (String, String) {
 }
 
 /// The page ids a run sent (its packs are among them).
-fn own_pages(run: &RunItem) -> crate::store::PackRange {
-    crate::store::PackRange {
+fn own_pages(run: &RunItem) -> crate::store::PageRange {
+    crate::store::PageRange {
         pages: run.next_page,
         chunks: run.max_chunks.unwrap_or(1),
     }

@@ -45,6 +45,23 @@ pub fn dyn_err<
     AwsError::Dynamo { op, detail }
 }
 
+/// Whether a conditional write was applied: `false` when its condition failed (an answer, not an
+/// error), the error for anything else.
+pub fn applied<
+    T,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+>(
+    op: &'static str,
+    out: Result<T, SdkError<E, R>>,
+) -> Result<bool, AwsError> {
+    match out {
+        Ok(_) => Ok(true),
+        Err(e) if is_condition_failed(&e) => Ok(false),
+        Err(e) => Err(dyn_err(op, e)),
+    }
+}
+
 /// Whether an SDK error is a failed condition: `ConditionalCheckFailedException`, or a cancelled
 /// transaction whose cancellation reasons say `ConditionalCheckFailed`. A transaction cancelled
 /// for a conflict, throttling or a 5xx is not "already done": it must be retried.
@@ -202,7 +219,7 @@ pub struct Store {
     pub table: String,
     /// Pack ranges this process has seen (a range only grows, so a cached one that covers a
     /// page still does).
-    pack_ranges: std::sync::Arc<std::sync::Mutex<HashMap<String, PackRange>>>,
+    pack_ranges: std::sync::Arc<std::sync::Mutex<HashMap<String, PageRange>>>,
 }
 
 impl Store {
@@ -422,19 +439,16 @@ impl Store {
     /// Create a record unless one exists. Returns false when it already existed.
     pub async fn create_record(&self, r: &StoredRecord) -> Result<bool, AwsError> {
         let item = to_item(&record_pk(&r.object_type, &r.key), "#", r)?;
-        match self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(dyn_err("PutItem", e)),
-        }
+        applied(
+            "PutItem",
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .send()
+                .await,
+        )
     }
 
     /// Replace a record if its version is still `expected_ver`. Returns false on a lost race.
@@ -444,20 +458,17 @@ impl Store {
         expected_ver: i64,
     ) -> Result<bool, AwsError> {
         let item = to_item(&record_pk(&r.object_type, &r.key), "#", r)?;
-        match self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("ver = :v")
-            .expression_attribute_values(":v", n(expected_ver))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(dyn_err("PutItem", e)),
-        }
+        applied(
+            "PutItem",
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("ver = :v")
+                .expression_attribute_values(":v", n(expected_ver))
+                .send()
+                .await,
+        )
     }
 
     /// Take `count` numbers from a named sequence; returns the first.
@@ -521,11 +532,7 @@ impl Store {
                 req = req.expression_attribute_values(k, v);
             }
         }
-        match req.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(dyn_err("DeleteItem", e)),
-        }
+        applied("DeleteItem", req.send().await)
     }
 }
 
@@ -608,39 +615,36 @@ impl Store {
             ("va".to_string(), s(va)),
             ("d".to_string(), s(d)),
         ]);
-        match self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk) OR #run <= :run")
-            .expression_attribute_names("#run", "run")
-            .expression_attribute_values(":run", s(&pack.run))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(dyn_err("PutItem", e)),
-        }
+        applied(
+            "PutItem",
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk) OR #run <= :run")
+                .expression_attribute_names("#run", "run")
+                .expression_attribute_values(":run", s(&pack.run))
+                .send()
+                .await,
+        )
     }
 
     /// Every page pack of a connection and object type: by key within its pack range (and
     /// `at_least`, the reading run's own pages), or by Query where no range is kept yet (a
-    /// register from before ranges) or it spans more than [`MAX_PACKS_BY_KEY`] ids. The Query
+    /// register from before ranges) or it spans more than [`MAX_IDS_BY_KEY`] ids. The Query
     /// path first opens the range, so each pack is either found by it or covered by a range
     /// raise its page makes after writing it (see [`Store::cover_pack`]).
     pub async fn packs_known(
         &self,
         connection: &str,
         object_type: &str,
-        at_least: PackRange,
+        at_least: PageRange,
     ) -> Result<Vec<(String, crate::pages::Pack)>, AwsError> {
         let (rpk, rsk) = pack_range_key(connection, object_type);
-        match self.get(&rpk, &rsk).await?.map(|i| PackRange::of(&i)) {
+        match self.get(&rpk, &rsk).await?.map(|i| PageRange::of(&i)) {
             Some(r) => {
                 let r = r.union(at_least);
-                if u64::from(r.pages) * u64::from(r.chunks) > MAX_PACKS_BY_KEY {
+                if r.len() > MAX_IDS_BY_KEY {
                     return self.packs(connection, object_type).await;
                 }
                 let pk = crate::pages::pack_pk(connection, object_type);
@@ -656,23 +660,20 @@ impl Store {
                 Ok(found)
             }
             None => {
-                let opened = self
+                // Opened by another sweep meanwhile is as good.
+                let open = self
                     .ddb
                     .put_item()
                     .table_name(&self.table)
-                    .set_item(Some(PackRange::default().item(&rpk, &rsk)))
+                    .set_item(Some(PageRange::default().item(&rpk, &rsk)))
                     .condition_expression("attribute_not_exists(pk)")
                     .send()
                     .await;
-                match opened {
-                    Ok(_) => {}
-                    Err(e) if is_condition_failed(&e) => {}
-                    Err(e) => return Err(dyn_err("PutItem", e)),
-                }
+                applied("PutItem", open)?;
                 let found = self.packs(connection, object_type).await?;
                 let mut r = at_least;
                 for (sk, _) in &found {
-                    if let Some(need) = PackRange::covering(sk) {
+                    if let Some(need) = PageRange::covering(sk) {
                         r = r.union(need);
                     }
                 }
@@ -682,17 +683,16 @@ impl Store {
         }
     }
 
-    /// After writing the pack of `page_id`: raise the connection's pack range to cover it
+    /// After writing the pack of a page's chunk: raise the connection's pack range to hold it
     /// (nothing while no range is kept: the sweep's Query finds every pack then).
     pub async fn cover_pack(
         &self,
         connection: &str,
         object_type: &str,
-        page_id: &str,
+        page: u32,
+        chunk: u32,
     ) -> Result<(), AwsError> {
-        let Some(need) = PackRange::covering(page_id) else {
-            return Ok(());
-        };
+        let need = PageRange::holding(page, chunk);
         let (rpk, rsk) = pack_range_key(connection, object_type);
         let cached = self
             .pack_ranges
@@ -702,7 +702,7 @@ impl Store {
         if cached.is_some_and(|c| c.covers(need)) {
             return Ok(());
         }
-        let Some(r) = self.get(&rpk, &rsk).await?.map(|i| PackRange::of(&i)) else {
+        let Some(r) = self.get(&rpk, &rsk).await?.map(|i| PageRange::of(&i)) else {
             return Ok(());
         };
         if !r.covers(need) {
@@ -719,7 +719,7 @@ impl Store {
         &self,
         connection: &str,
         object_type: &str,
-        to: PackRange,
+        to: PageRange,
     ) -> Result<(), AwsError> {
         let (rpk, rsk) = pack_range_key(connection, object_type);
         for (attr, v) in [("pages", to.pages), ("chunks", to.chunks)] {
@@ -733,11 +733,8 @@ impl Store {
                 .expression_attribute_values(":v", n(v))
                 .send()
                 .await;
-            match out {
-                Ok(_) => {}
-                Err(e) if is_condition_failed(&e) => {}
-                Err(e) => return Err(dyn_err("UpdateItem", e)),
-            }
+            // Not applied: the range is already that wide.
+            applied("UpdateItem", out)?;
         }
         Ok(())
     }
@@ -808,40 +805,57 @@ impl Store {
     }
 }
 
-/// Past this many page ids, packs are read by Query rather than by key.
-pub const MAX_PACKS_BY_KEY: u64 = 5_000;
+/// Past this many page ids, a run's markers or a connection's packs are read by Query rather
+/// than by key (50 BatchGetItem calls).
+pub const MAX_IDS_BY_KEY: u64 = 5_000;
 
 /// Where a connection's pack range lives: beside its guard state and grace.
 fn pack_range_key(connection: &str, object_type: &str) -> (String, String) {
     (format!("G#{connection}"), format!("{object_type}#packs"))
 }
 
-/// The page ids (`{page:06}.{chunk:03}`) under which every pack of a connection and object
-/// type lies: pages below `pages`, chunks below `chunks`. It only ever grows.
+/// Page ids ([`crate::event::page_id`]) of pages below `pages` and chunks below `chunks`: the
+/// messages a run sent, or where every pack of a connection and object type lies (its pack
+/// range, which only ever grows).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PackRange {
+pub struct PageRange {
     pub pages: u32,
     pub chunks: u32,
 }
 
-impl PackRange {
-    /// The smallest range holding one page id.
-    pub fn covering(page_id: &str) -> Option<PackRange> {
+impl PageRange {
+    /// The smallest range holding one page's chunk.
+    pub fn holding(page: u32, chunk: u32) -> PageRange {
+        PageRange {
+            pages: page.saturating_add(1),
+            chunks: chunk.saturating_add(1),
+        }
+    }
+
+    /// The smallest range holding one page id (`None` for anything else).
+    pub fn covering(page_id: &str) -> Option<PageRange> {
         let (p, c) = page_id.split_once('.')?;
-        Some(PackRange {
-            pages: p.parse::<u32>().ok()?.checked_add(1)?,
-            chunks: c.parse::<u32>().ok()?.checked_add(1)?,
-        })
+        Some(PageRange::holding(p.parse().ok()?, c.parse().ok()?))
+    }
+
+    /// How many ids the range has.
+    pub fn len(&self) -> u64 {
+        u64::from(self.pages) * u64::from(self.chunks)
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Whether every id of `other` lies in this range.
-    pub fn covers(&self, other: PackRange) -> bool {
+    pub fn covers(&self, other: PageRange) -> bool {
         self.pages >= other.pages && self.chunks >= other.chunks
     }
 
     /// The range holding both.
-    pub fn union(self, other: PackRange) -> PackRange {
-        PackRange {
+    pub fn union(self, other: PageRange) -> PageRange {
+        PageRange {
             pages: self.pages.max(other.pages),
             chunks: self.chunks.max(other.chunks),
         }
@@ -850,18 +864,18 @@ impl PackRange {
     /// Every page id of the range.
     pub fn ids(&self) -> Vec<String> {
         (0..self.pages)
-            .flat_map(|p| (0..self.chunks).map(move |c| format!("{p:06}.{c:03}")))
+            .flat_map(|p| (0..self.chunks).map(move |c| crate::event::page_id(p, c)))
             .collect()
     }
 
-    fn of(item: &Item) -> PackRange {
+    fn of(item: &Item) -> PageRange {
         let num = |k: &str| {
             item.get(k)
                 .and_then(|v| v.as_n().ok())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        PackRange {
+        PageRange {
             pages: num("pages"),
             chunks: num("chunks"),
         }
@@ -919,9 +933,7 @@ impl Store {
         object_type: &str,
         i: &CreateIntent,
     ) -> Result<usize, AwsError> {
-        let first =
-            i.id.bytes()
-                .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        let first = rand::random::<u32>() as usize;
         for step in 0..INTENT_SLOTS {
             let slot = (first + step) % INTENT_SLOTS;
             let out = self
@@ -934,10 +946,8 @@ impl Store {
                 .expression_attribute_values(":id", s(&i.id))
                 .send()
                 .await;
-            match out {
-                Ok(_) => return Ok(slot),
-                Err(e) if is_condition_failed(&e) => continue,
-                Err(e) => return Err(dyn_err("PutItem", e)),
+            if applied("PutItem", out)? {
+                return Ok(slot);
             }
         }
         Err(AwsError::Dynamo {
@@ -1171,10 +1181,8 @@ impl Store {
                 )
                 .send()
                 .await;
-            match created {
-                Ok(_) => return Ok(()),
-                Err(e) if is_condition_failed(&e) => {}
-                Err(e) => return Err(dyn_err("UpdateItem", e)),
+            if applied("UpdateItem", created)? {
+                return Ok(());
             }
         }
         // Expressions are limited to 4 KB: at most 40 paths a request.
@@ -1243,15 +1251,13 @@ impl Store {
                 conds.push("size(persons) < :pcap".to_string());
                 req = req.expression_attribute_values(":pcap", n(MAX_PERSONS));
             }
-            match req
+            let out = req
                 .update_expression(expr.trim())
                 .condition_expression(conds.join(" AND "))
                 .send()
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if is_condition_failed(&e) => {}
-                Err(e) => return Err(dyn_err("UpdateItem", e)),
+                .await;
+            if applied("UpdateItem", out)? {
+                return Ok(());
             }
             // Why: no item (or map) yet, or the cap reached.
             let cur = self.get(&pk, &sk).await?;
@@ -1308,17 +1314,17 @@ mod tests {
 
     #[test]
     fn a_pack_range_covers_the_ids_it_was_raised_for() {
-        let a = PackRange::covering("000012.003").expect("an id");
+        let a = PageRange::covering("000012.003").expect("an id");
         assert_eq!(
             a,
-            PackRange {
+            PageRange {
                 pages: 13,
                 chunks: 4
             }
         );
-        let b = PackRange::covering("000002.000").expect("an id");
+        let b = PageRange::covering("000002.000").expect("an id");
         assert!(a.covers(b) && !b.covers(a));
-        let u = b.union(PackRange {
+        let u = b.union(PageRange {
             pages: 1,
             chunks: 2,
         });
@@ -1333,8 +1339,10 @@ mod tests {
                 "000002.001"
             ]
         );
-        assert_eq!(PackRange::covering("garbage"), None);
-        assert_eq!(PackRange::covering("1.x"), None);
+        assert_eq!(PageRange::holding(12, 3), a);
+        assert_eq!(u.len(), 6);
+        assert_eq!(PageRange::covering("garbage"), None);
+        assert_eq!(PageRange::covering("1.x"), None);
     }
     use aws_sdk_dynamodb::operation::put_item::PutItemError;
     use aws_smithy_runtime_api::client::interceptors::context::{Input, InterceptorContext};

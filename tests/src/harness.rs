@@ -66,17 +66,12 @@ pub struct Counts {
     pub secs_by_op: HashMap<String, f64>,
 }
 
-/// When an operation started (kept in its config bag between interceptor hooks).
-#[derive(Debug, Clone)]
-struct Started(std::time::Instant, String);
-
-impl aws_smithy_types::config_bag::Storable for Started {
-    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
-}
-
-/// What a request will cost, as far as its input tells (kept between interceptor hooks).
+/// What a request will cost, as far as its input tells, and when it started (kept in its
+/// config bag between interceptor hooks).
 #[derive(Debug, Clone, Default)]
 struct Billing {
+    /// When the operation started.
+    started: Option<std::time::Instant>,
     /// Write units of the items the request puts or deletes.
     write_units: f64,
     /// Whether its reads are strongly consistent.
@@ -233,10 +228,9 @@ impl Intercept for DynamoCounter {
             .map(|m| m.name().to_string())
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| op_name(input));
-        cfg.interceptor_state()
-            .store_put(Started(std::time::Instant::now(), op.clone()));
         let mut billing = billing_of(input);
         billing.op = op.clone();
+        billing.started = Some(std::time::Instant::now());
         cfg.interceptor_state().store_put(billing);
         let mut pks: Vec<String> = Vec::new();
         let mut kinds: Vec<String> = Vec::new();
@@ -346,9 +340,14 @@ impl Intercept for DynamoCounter {
         _rc: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if let Some(Started(at, op)) = cfg.load::<Started>().cloned() {
+        if let Some(Billing {
+            started: Some(at),
+            op,
+            ..
+        }) = cfg.load::<Billing>()
+        {
             if let Ok(mut c) = self.0.lock() {
-                *c.secs_by_op.entry(op).or_default() += at.elapsed().as_secs_f64();
+                *c.secs_by_op.entry(op.clone()).or_default() += at.elapsed().as_secs_f64();
             }
         }
         Ok(())
